@@ -1,0 +1,75 @@
+"""Checkpoints: one file holds the weights, the resolved recipe and the tokenizer models.
+
+Saving is atomic (temporary file, fsync, rename), so a crash or a full disk during a save leaves
+the previous checkpoint intact. Loading uses `torch.load(weights_only=True)`, which refuses
+pickled code: a checkpoint can carry tensors, numbers, strings and bytes, nothing executable.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nmt.errors import NmtError
+
+FORMAT = 1
+REQUIRED = ("format", "model", "recipe", "tokenizers")
+
+
+def save(state: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise NmtError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise NmtError(f"no checkpoint (best.pt or last.pt) in the folder {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise NmtError(f"checkpoint not found: {path}") from None
+    except pickle.UnpicklingError:
+        raise NmtError(
+            f"{path} holds objects other than weights and settings; refusing to load it "
+            "(only load checkpoints you trust, written by nmt)"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NmtError(
+            f"{path} is not a readable checkpoint (truncated or corrupted?): {detail}"
+        ) from None
+    if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
+        raise NmtError(f"{path} is not an nmt checkpoint")
+    if state["format"] != FORMAT:
+        raise NmtError(f"{path} has checkpoint format {state['format']}; this nmt reads {FORMAT}")
+    return state

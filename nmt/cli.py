@@ -1,0 +1,229 @@
+"""The `nmt` command. Each subcommand parses its options and calls one library function."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from nmt.errors import NmtError
+
+app = typer.Typer(
+    name="nmt",
+    help="Neural machine translation from YAML recipes: preprocess, train, translate, score.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+stderr = Console(stderr=True)
+
+RecipeArg = Annotated[Path, typer.Argument(help="The recipe: a YAML file.", show_default=False)]
+SetOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer needs Optional on Python 3.10
+    typer.Option(
+        "--set",
+        help="Override a recipe value, e.g. --set train.lr=0.001 (repeatable).",
+        show_default=False,
+    ),
+]
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Mistakes a user can make end in one line on stderr and exit code 2, no traceback."""
+    try:
+        yield
+    except NmtError as e:
+        stderr.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def _setup(
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only print warnings and errors.")
+    ] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=stderr, show_time=False, show_path=False, markup=False)],
+        force=True,
+    )
+
+
+@app.command()
+def preprocess(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    force: Annotated[bool, typer.Option(help="Replace existing preprocessed data.")] = False,
+) -> None:
+    """Train SentencePiece, filter and binarize the recipe's parallel data."""
+    from nmt import config, data
+
+    with user_errors():
+        cfg = config.load(recipe, set_)
+        data.preprocess(cfg, force=force)
+        stderr.print(f"preprocessed data written to {cfg.prepared_dir}")
+
+
+@app.command()
+def train(
+    recipe: RecipeArg,
+    set_: SetOpt = None,
+    force: Annotated[
+        bool, typer.Option(help="Train from scratch even if the run folder has checkpoints.")
+    ] = False,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a model from a recipe; checkpoints and logs go to the recipe's run_dir."""
+    from nmt import config
+    from nmt.train import train as run_training
+
+    with user_errors():
+        cfg = config.load(recipe, set_)
+        result = run_training(cfg, force=force, progress=progress)
+        stderr.print(
+            f"trained {result.steps} steps ({result.epochs} epochs) in {result.seconds:.0f}s, "
+            f"{result.tokens_per_second:.0f} target tokens/s; best valid BLEU "
+            f"{result.best_bleu:.2f}; checkpoints in {cfg.run_dir}"
+        )
+
+
+@app.command()
+def translate(
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A checkpoint file, or a run folder (uses best.pt).")
+    ],
+    input: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--input", "-i", help="Input file, one sentence per line [default: stdin]."),
+    ] = None,
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--output", "-o", help="Output file [default: stdout]."),
+    ] = None,
+    beam_size: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Beam size [default: the recipe's decode.beam_size]."),
+    ] = None,
+    greedy: Annotated[
+        bool, typer.Option("--greedy", help="Greedy search instead of beam.")
+    ] = False,
+    length_penalty: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="GNMT length penalty alpha (0 disables) [default: recipe's]."),
+    ] = None,
+    max_len_a: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="Output length limit a*source_length+b: a [default: recipe's]."),
+    ] = None,
+    max_len_b: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Output length limit a*source_length+b: b [default: recipe's]."),
+    ] = None,
+    batch_tokens: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Source tokens per batch [default: recipe's]."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")
+    ] = "auto",
+) -> None:
+    """Translate lines of text (a file or stdin), one output line per input line."""
+    from nmt.data import read_lines
+    from nmt.translate import Translator
+
+    with user_errors():
+        if input is not None and not input.is_file():
+            raise NmtError(f"input file not found: {input}")
+        if output is not None and not output.parent.is_dir():
+            raise NmtError(f"output folder does not exist: {output.parent}")
+        translator = Translator.load(
+            checkpoint,
+            device=device,
+            precision=precision,
+            method="greedy" if greedy else None,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+            max_len_a=max_len_a,
+            max_len_b=max_len_b,
+            batch_tokens=batch_tokens,
+        )
+        lines = read_lines(input) if input is not None else _stdin_lines()
+        if output is None:
+            for line in translator.stream(lines):
+                sys.stdout.write(line + "\n")
+                sys.stdout.flush()
+        else:
+            _write_atomically(output, translator.stream(lines))
+
+
+def _stdin_lines() -> Iterator[str]:
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        try:
+            yield raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise NmtError(f"standard input, line {number}: not valid UTF-8") from None
+
+
+def _write_atomically(path: Path, lines: Iterator[str]) -> None:
+    """Write to a temporary file beside `path`, then rename: a failure keeps the old file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for line in lines:
+                f.write(line + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@app.command()
+def score(
+    hypothesis: Annotated[Path, typer.Argument(help="System output, one sentence per line.")],
+    reference: Annotated[
+        list[Path], typer.Option("--reference", "-r", help="Reference file (repeatable).")
+    ],
+    metrics: Annotated[
+        str, typer.Option("--metrics", "-m", help="Comma-separated: bleu, chrf, ter.")
+    ] = "bleu",
+    lowercase: Annotated[
+        bool, typer.Option("--lowercase", "-lc", help="Case-insensitive.")
+    ] = False,
+    tokenize: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="BLEU tokenizer (sacrebleu's --tokenize) [default: 13a]."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Score a hypothesis file against references with sacrebleu (BLEU, chrF, TER)."""
+    from nmt.score import METRICS, score_files
+
+    with user_errors():
+        names = [m.strip().lower() for m in metrics.split(",") if m.strip()]
+        for name in names:
+            if name not in METRICS:
+                raise NmtError(f"unknown metric '{name}'; choose from {', '.join(METRICS)}")
+        results = score_files(hypothesis, reference, names, lowercase, tokenize)
+        if as_json:
+            print(json.dumps([r.as_dict() for r in results], indent=2))
+        else:
+            for r in results:
+                print(r.text)
+
+
+def main() -> None:
+    app(prog_name="nmt")

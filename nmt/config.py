@@ -1,0 +1,363 @@
+"""Recipes: YAML -> typed, frozen dataclasses, validated once.
+
+A recipe file describes one experiment. `load()` reads it with a safe YAML loader, applies
+`--set section.key=value` overrides, checks every key and value (unknown keys get a close-match
+suggestion), resolves relative paths against the recipe's folder and returns a `Recipe`.
+`dump()` writes the fully resolved recipe, which `load()` reads back unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from nmt.errors import NmtError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    src_lang: str = "en"
+    tgt_lang: str = "de"
+    # File prefixes: the files read are `{prefix}.{src_lang}` and `{prefix}.{tgt_lang}`.
+    train: str = ""
+    valid: str = ""
+    test: str | None = None
+    # Where `nmt preprocess` writes binarized data; default: `<run_dir>/prepared`.
+    prepared_dir: str | None = None
+
+    def validate(self) -> None:
+        _require(self.src_lang != self.tgt_lang, "data.tgt_lang", "must differ from data.src_lang")
+        _require(bool(self.train), "data.train", "is required (a file prefix such as data/train)")
+        _require(bool(self.valid), "data.valid", "is required (a file prefix such as data/valid)")
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    type: Literal["unigram", "bpe"] = "unigram"
+    joint: bool = True
+    vocab_size: int = 8000
+    character_coverage: float = 1.0
+    # SentencePiece trains on at most this many sentences (sampled), keeping memory bounded.
+    input_sentence_size: int = 1_000_000
+    # Reuse existing SentencePiece models instead of training; `src_model` alone when joint.
+    src_model: str | None = None
+    tgt_model: str | None = None
+
+    def validate(self) -> None:
+        _require(self.vocab_size >= 16, "tokenizer.vocab_size", "must be at least 16")
+        _require(
+            0.9 <= self.character_coverage <= 1.0,
+            "tokenizer.character_coverage",
+            "must be between 0.9 and 1.0",
+        )
+        _require(self.input_sentence_size > 0, "tokenizer.input_sentence_size", "must be > 0")
+        if not self.joint and (self.src_model is None) != (self.tgt_model is None):
+            raise NmtError(
+                "tokenizer.src_model and tokenizer.tgt_model: give both or neither "
+                "when tokenizer.joint is false"
+            )
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    max_len: int = 100  # subword tokens per side
+    max_ratio: float = 3.0  # longer side / shorter side, in subword tokens
+    dedup: bool = False  # drop exact duplicate pairs
+
+    def validate(self) -> None:
+        _require(self.max_len >= 1, "filter.max_len", "must be >= 1")
+        _require(self.max_ratio >= 1.0, "filter.max_ratio", "must be >= 1.0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = 256
+    heads: int = 4
+    ff_dim: int = 1024
+    encoder_layers: int = 3
+    decoder_layers: int = 3
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    activation: Literal["relu", "gelu"] = "relu"
+    norm: Literal["pre", "post"] = "pre"
+    attention: Literal["multihead"] = "multihead"
+    # With a joint vocabulary the encoder embedding is tied too (all three matrices).
+    share_all_embeddings: bool = True
+    max_positions: int = 1024
+
+    def validate(self) -> None:
+        for name in ("d_model", "heads", "ff_dim", "encoder_layers", "decoder_layers"):
+            _require(getattr(self, name) >= 1, f"model.{name}", "must be >= 1")
+        _require(
+            self.d_model % self.heads == 0,
+            "model.d_model",
+            f"({self.d_model}) must be divisible by model.heads ({self.heads})",
+        )
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            _require(0.0 <= getattr(self, name) < 1.0, f"model.{name}", "must be in [0, 1)")
+        _require(self.max_positions >= 8, "model.max_positions", "must be >= 8")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_tokens: int = 4096  # per batch, counting padding, max(source, target) side
+    accum_steps: int = 1
+    lr: float = 5e-4
+    warmup_steps: int = 4000
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    clip_norm: float = 1.0  # 0 disables clipping
+    label_smoothing: float = 0.1
+    max_steps: int = 100_000
+    max_epochs: int = 100
+    patience: int = 10  # validations without a better BLEU before stopping; 0 disables
+    valid_every: int = 1000
+    log_every: int = 50
+    valid_search: Literal["greedy", "beam"] = "greedy"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+
+    def validate(self) -> None:
+        for name in ("max_tokens", "accum_steps", "max_steps", "max_epochs", "valid_every"):
+            _require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
+        _require(self.log_every >= 1, "train.log_every", "must be >= 1")
+        _require(self.lr > 0, "train.lr", "must be > 0")
+        _require(
+            self.warmup_steps >= 1,
+            "train.warmup_steps",
+            "must be >= 1 (the inverse-square-root schedule divides by it)",
+        )
+        _require(all(0 <= b < 1 for b in self.betas), "train.betas", "must be in [0, 1)")
+        _require(self.clip_norm >= 0, "train.clip_norm", "must be >= 0")
+        _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+        _require(self.patience >= 0, "train.patience", "must be >= 0")
+        _require(self.threads >= 0, "train.threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    method: Literal["beam", "greedy"] = "beam"
+    beam_size: int = 5
+    length_penalty: float = 1.0  # GNMT alpha; 0 ranks by raw log-probability
+    max_len_a: float = 1.2  # output length limit: a * source length + b
+    max_len_b: int = 10
+    batch_tokens: int = 4096  # source tokens per translation batch
+
+    def validate(self) -> None:
+        _require(self.beam_size >= 1, "decode.beam_size", "must be >= 1")
+        _require(self.length_penalty >= 0, "decode.length_penalty", "must be >= 0")
+        _require(self.max_len_a >= 0, "decode.max_len_a", "must be >= 0")
+        _require(self.max_len_b >= 1, "decode.max_len_b", "must be >= 1")
+        _require(self.batch_tokens >= 1, "decode.batch_tokens", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "experiment"
+    run_dir: str = "runs/experiment"
+    seed: int = 1
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+
+    @property
+    def prepared_dir(self) -> Path:
+        return Path(self.data.prepared_dir or Path(self.run_dir) / "prepared")
+
+    def validate(self) -> None:
+        _require(bool(self.run_dir), "run_dir", "is required")
+        for section in (self.data, self.tokenizer, self.filter, self.model, self.train):
+            section.validate()
+        self.decode.validate()
+
+
+# Keys holding paths, resolved against the recipe file's folder.
+_PATH_KEYS = {
+    ("run_dir",),
+    ("data", "train"),
+    ("data", "valid"),
+    ("data", "test"),
+    ("data", "prepared_dir"),
+    ("tokenizer", "src_model"),
+    ("tokenizer", "tgt_model"),
+}
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise NmtError(f"recipe key '{key}' {message}")
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is tuple:
+        return "a list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
+    return {type(None): "null", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp))
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; returns the value converted (int -> float)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except NmtError:
+                continue
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        choices = [str(a) for a in typing.get_args(tp)]
+        hint = difflib.get_close_matches(str(value), choices, n=1)
+        extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+        raise NmtError(f"recipe key '{key}' must be one of {_type_name(tp)}, got {value!r}{extra}")
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    elif tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, key)
+        raise NmtError(f"recipe key '{key}' must be a mapping of settings, got {value!r}")
+    raise NmtError(f"recipe key '{key}' must be {_type_name(tp)}, got {value!r}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            hint = difflib.get_close_matches(str(key), names, n=1)
+            extra = f" (did you mean '{prefix + '.' if prefix else ''}{hint[0]}'?)" if hint else ""
+            raise NmtError(f"unknown recipe key '{full}'{extra}")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _set_override(tree: dict, assignment: str) -> None:
+    """Apply one `section.key=value` override; the value is parsed as YAML (so 1e-3 is a number)."""
+    if "=" not in assignment:
+        raise NmtError(f"--set expects key=value (for example train.lr=0.001), got '{assignment}'")
+    dotted, raw = assignment.split("=", 1)
+    parts = dotted.strip().split(".")
+    if not all(parts):
+        raise NmtError(f"--set: bad key '{dotted}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise NmtError(f"--set: '{part}' in '{dotted}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _resolve_paths(tree: dict, base: Path) -> None:
+    for keys in _PATH_KEYS:
+        node = tree
+        for k in keys[:-1]:
+            node = node.get(k) if isinstance(node, dict) else None
+        if isinstance(node, dict) and isinstance(node.get(keys[-1]), str) and node[keys[-1]]:
+            node[keys[-1]] = str((base / Path(node[keys[-1]]).expanduser()).resolve())
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a YAML mapping with the safe loader; errors name the file, line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NmtError(f"recipe not found: {path}") from None
+    except IsADirectoryError:
+        raise NmtError(f"recipe is a folder, not a file: {path}") from None
+    except UnicodeDecodeError:
+        raise NmtError(f"recipe is not UTF-8 text: {path}") from None
+    except OSError as e:
+        raise NmtError(f"cannot read recipe {path}: {e.strerror}") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise NmtError(f"invalid YAML in {path}{where}: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise NmtError(f"invalid YAML in {path}: {e}") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise NmtError(f"recipe {path} must be a mapping of sections (data:, model:, ...)")
+    return tree
+
+
+def from_dict(tree: dict, base_dir: Path | None = None) -> Recipe:
+    """Build and validate a Recipe from a plain mapping; relative paths resolve against base_dir."""
+    tree = yaml.safe_load(yaml.safe_dump(tree))  # a deep copy of plain data
+    if base_dir is not None:
+        _resolve_paths(tree, base_dir)
+    recipe = _build(Recipe, tree)
+    recipe.validate()
+    return recipe
+
+
+def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Load a recipe file, apply `key=value` overrides, validate, resolve paths."""
+    path = Path(path)
+    tree = read_yaml(path)
+    for assignment in overrides or []:
+        _set_override(tree, assignment)
+    return from_dict(tree, path.resolve().parent)
+
+
+def to_dict(recipe: Recipe) -> dict:
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(recipe))
+
+
+def dump(recipe: Recipe, path: Path) -> None:
+    """Write the resolved recipe (absolute paths, every default spelled out)."""
+    text = yaml.safe_dump(to_dict(recipe), sort_keys=False)
+    path.write_text(f"# Resolved recipe written by nmt; `nmt train {path.name}` reruns it.\n{text}")

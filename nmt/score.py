@@ -1,0 +1,89 @@
+"""Corpus-level BLEU, chrF and TER through sacrebleu, with its signatures.
+
+Lines are read the way sacrebleu's own CLI reads them (trailing white space stripped), so
+`nmt score HYP -r REF` prints the same numbers as `sacrebleu REF -i HYP`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from sacrebleu.metrics import BLEU, CHRF, TER
+
+from nmt.data import read_lines
+from nmt.errors import NmtError
+
+METRICS = ("bleu", "chrf", "ter")
+
+
+@dataclass(frozen=True)
+class Score:
+    metric: str  # bleu | chrf | ter
+    name: str  # sacrebleu's name for it: BLEU, chrF2, TER
+    score: float
+    signature: str
+    text: str  # sacrebleu's one-line summary, signature first
+
+    def as_dict(self) -> dict:
+        return {
+            "metric": self.metric,
+            "name": self.name,
+            "score": self.score,
+            "signature": self.signature,
+            "text": self.text,
+        }
+
+
+def _metric(name: str, lowercase: bool, tokenize: str | None):
+    if name == "bleu":
+        return BLEU(lowercase=lowercase, tokenize=tokenize)
+    if name == "chrf":
+        return CHRF(lowercase=lowercase)
+    if name == "ter":
+        return TER(case_sensitive=not lowercase)
+    raise NmtError(f"unknown metric '{name}'; choose from {', '.join(METRICS)}")
+
+
+def score_lines(
+    hyps: Sequence[str],
+    refs: Sequence[Sequence[str]],
+    metrics: Sequence[str] = ("bleu",),
+    lowercase: bool = False,
+    tokenize: str | None = None,
+) -> list[Score]:
+    """Score hypotheses against one or more reference streams (each as long as `hyps`)."""
+    for i, ref in enumerate(refs):
+        if len(ref) != len(hyps):
+            raise NmtError(
+                f"reference {i + 1} has {len(ref)} lines but the hypotheses have {len(hyps)}"
+            )
+    results = []
+    for name in metrics:
+        metric = _metric(name, lowercase, tokenize)
+        result = metric.corpus_score(list(hyps), [list(r) for r in refs])
+        signature = str(metric.get_signature())
+        results.append(
+            Score(name, result.name, result.score, signature, result.format(signature=signature))
+        )
+    return results
+
+
+def read_for_scoring(path: Path) -> list[str]:
+    return [line.rstrip() for line in read_lines(path)]
+
+
+def score_files(
+    hyp: Path,
+    refs: Sequence[Path],
+    metrics: Sequence[str] = ("bleu",),
+    lowercase: bool = False,
+    tokenize: str | None = None,
+) -> list[Score]:
+    hyps = read_for_scoring(hyp)
+    ref_lines = [read_for_scoring(r) for r in refs]
+    for path, lines in zip(refs, ref_lines):
+        if len(lines) != len(hyps):
+            raise NmtError(f"{path} has {len(lines)} lines but {hyp} has {len(hyps)}")
+    return score_lines(hyps, ref_lines, metrics, lowercase, tokenize)

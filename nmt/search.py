@@ -1,0 +1,182 @@
+"""Greedy and beam search over the cached decoder.
+
+Both decode a batch of sentences at once and drop sentences from the active batch as soon as
+they are finished, so no compute is spent on them. The decoder is fed one new token per step;
+earlier keys/values come from the cache (see nmt.attention), and the cache rows are reordered
+whenever beam search reorders hypotheses.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nmt.model import Seq2Seq
+from nmt.tokenizer import BOS, EOS, PAD
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: list[int]  # without BOS and EOS
+    score: float  # sum of token log-probabilities, EOS included
+    norm_score: float  # score after the length penalty: what beam search ranks by
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's penalty (Wu et al., 2016): ((5 + length) / 6) ** alpha; alpha 0 disables it."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def max_lengths(src: torch.Tensor, a: float, b: int, limit: int) -> list[int]:
+    """Per-sentence output limit a * source length + b, capped by the model's positions."""
+    src_len = src.ne(PAD).sum(dim=1).tolist()
+    return [min(int(a * n + b), limit) for n in src_len]
+
+
+def _step_log_probs(
+    model: Seq2Seq,
+    tokens: torch.Tensor,
+    memory: torch.Tensor,
+    pad_mask: torch.Tensor,
+    cache: list,
+    step: int,
+) -> torch.Tensor:
+    logits, _ = model.decode(tokens[:, -1:], memory, pad_mask, cache, start=step)
+    lp = F.log_softmax(logits[:, -1].float(), dim=-1)
+    lp[:, PAD] = -math.inf
+    lp[:, BOS] = -math.inf
+    return lp
+
+
+def _force_eos(lp: torch.Tensor, rows: list[int]) -> None:
+    """At a length limit only EOS may follow; it keeps its own log-probability."""
+    if rows:
+        at = torch.tensor(rows, device=lp.device)
+        eos = lp[at, EOS].clone()
+        lp[at] = -math.inf
+        lp[at, EOS] = eos
+
+
+@torch.inference_mode()
+def greedy_search(
+    model: Seq2Seq, src: torch.Tensor, max_len_a: float = 1.2, max_len_b: int = 10
+) -> list[Hypothesis]:
+    device = src.device
+    limits = max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1)
+    memory, pad_mask = model.encode(src)
+    cache = model.new_cache()
+    active = list(range(src.shape[0]))  # sentence of each row
+    tokens = torch.full((len(active), 1), BOS, dtype=torch.long, device=device)
+    scores = torch.zeros(len(active), device=device)
+    results: list[Hypothesis | None] = [None] * len(active)
+    for step in range(max(limits) + 1):
+        lp = _step_log_probs(model, tokens, memory, pad_mask, cache, step)
+        _force_eos(lp, [row for row, s in enumerate(active) if step >= limits[s]])
+        best_lp, best = lp.max(dim=-1)
+        scores = scores + best_lp
+        tokens = torch.cat([tokens, best[:, None]], dim=1)
+        done = best.eq(EOS).tolist()
+        if not any(done):
+            continue
+        keep = []
+        for row, sentence in enumerate(active):
+            if done[row]:
+                score = scores[row].item()
+                length = step + 1
+                results[sentence] = Hypothesis(tokens[row, 1:-1].tolist(), score, score / length)
+            else:
+                keep.append(row)
+        if not keep:
+            break
+        order = torch.tensor(keep, device=device)
+        active = [active[r] for r in keep]
+        tokens, scores = tokens[order], scores[order]
+        memory, pad_mask = memory[order], pad_mask[order]
+        model.reorder(cache, order)
+    return [r if r is not None else Hypothesis([], -math.inf, -math.inf) for r in results]
+
+
+@torch.inference_mode()
+def beam_search(
+    model: Seq2Seq,
+    src: torch.Tensor,
+    beam_size: int = 5,
+    alpha: float = 1.0,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    nbest: int = 1,
+) -> list[list[Hypothesis]]:
+    """Returns, for each sentence, its `nbest` best finished hypotheses, best first.
+
+    Each step takes the 2K best continuations of the K live hypotheses; an EOS among the top K
+    finishes a hypothesis, and the K best others live on. A sentence is done when it has K
+    finished hypotheses (fairseq's early stop); at its length limit only EOS is allowed.
+    """
+    K = beam_size
+    device = src.device
+    n_sent = src.shape[0]
+    limits = max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1)
+    memory, pad_mask = model.encode(src)
+    memory = memory.repeat_interleave(K, dim=0)
+    pad_mask = pad_mask.repeat_interleave(K, dim=0)
+    cache = model.new_cache()
+    active = list(range(n_sent))
+    tokens = torch.full((n_sent * K, 1), BOS, dtype=torch.long, device=device)
+    # Only the first beam is live at the start; the others would duplicate it.
+    scores = torch.full((n_sent, K), -math.inf, device=device)
+    scores[:, 0] = 0.0
+    finished: list[list[Hypothesis]] = [[] for _ in range(n_sent)]
+    for step in range(max(limits) + 1):
+        lp = _step_log_probs(model, tokens, memory, pad_mask, cache, step)
+        vocab = lp.shape[1]
+        _force_eos(
+            lp, [i * K + k for i, s in enumerate(active) if step >= limits[s] for k in range(K)]
+        )
+        n = len(active)
+        candidates = (scores[:, :, None] + lp.view(n, K, vocab)).view(n, K * vocab)
+        top_scores, top_idx = candidates.topk(min(2 * K, K * vocab), dim=1)
+        top_beam, top_tok = (top_idx // vocab).tolist(), (top_idx % vocab).tolist()
+        top_scores_list = top_scores.tolist()
+        rows, next_tokens, next_scores, keep_sentences = [], [], [], []
+        for i, sentence in enumerate(active):
+            done = finished[sentence]
+            live: list[tuple[int, int, float]] = []
+            for rank, (beam, tok, sc) in enumerate(
+                zip(top_beam[i], top_tok[i], top_scores_list[i])
+            ):
+                if sc == -math.inf:
+                    break
+                if tok == EOS:
+                    if rank < K and len(done) < K:
+                        history = tokens[i * K + beam, 1:].tolist()
+                        norm = sc / length_penalty(len(history) + 1, alpha)
+                        done.append(Hypothesis(history, sc, norm))
+                elif len(live) < K:
+                    live.append((beam, tok, sc))
+            if len(done) >= K or not live:
+                continue
+            while len(live) < K:  # keep K rows per sentence; dead rows score -inf
+                live.append((live[0][0], live[0][1], -math.inf))
+            keep_sentences.append(sentence)
+            for beam, tok, sc in live:
+                rows.append(i * K + beam)
+                next_tokens.append(tok)
+                next_scores.append(sc)
+        if not keep_sentences:
+            break
+        order = torch.tensor(rows, device=device)
+        active = keep_sentences
+        tokens = torch.cat(
+            [tokens[order], torch.tensor(next_tokens, device=device)[:, None]], dim=1
+        )
+        scores = torch.tensor(next_scores, device=device).view(len(active), K)
+        memory, pad_mask = memory[order], pad_mask[order]
+        model.reorder(cache, order)
+    results = []
+    for hyps in finished:
+        hyps = sorted(hyps, key=lambda h: h.norm_score, reverse=True)
+        results.append(hyps[:nbest] if hyps else [Hypothesis([], -math.inf, -math.inf)])
+    return results

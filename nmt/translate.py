@@ -1,0 +1,138 @@
+"""Translate text with a trained model: load a checkpoint, batch and sort input, keep the order.
+
+Input is read in buffers; each buffer is sorted by length so batches hold sentences of similar
+length (little padding), decoded, and written back in input order before the next buffer is
+read. Empty lines give empty lines without touching the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nmt import checkpoint, config
+from nmt.config import DecodeConfig, Recipe
+from nmt.data import pad_sequences
+from nmt.device import Precision, autocast, resolve_device, resolve_precision
+from nmt.errors import NmtError
+from nmt.model import Seq2Seq, build_model
+from nmt.search import beam_search, greedy_search
+from nmt.tokenizer import EOS, Tokenizer
+
+log = logging.getLogger("nmt")
+
+
+def model_from_checkpoint(
+    state: dict[str, Any], path: Path | str = "checkpoint"
+) -> tuple[Recipe, Seq2Seq, Tokenizer, Tokenizer]:
+    """Rebuild the recipe, the model and both tokenizers from a loaded checkpoint."""
+    try:
+        recipe = config.from_dict(state["recipe"])
+    except NmtError as e:
+        raise NmtError(f"{path}: its recipe is invalid for this nmt ({e})") from None
+    src_tok = Tokenizer(state["tokenizers"]["src"])
+    tgt_tok = Tokenizer(state["tokenizers"]["tgt"])
+    joint = state["tokenizers"]["src"] == state["tokenizers"]["tgt"]
+    model = build_model(recipe.model, len(src_tok), len(tgt_tok), joint)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise NmtError(
+            f"{path}: weights do not match the model its recipe describes ({first})"
+        ) from None
+    return recipe, model, src_tok, tgt_tok
+
+
+class Translator:
+    def __init__(
+        self,
+        model: Seq2Seq,
+        src_tok: Tokenizer,
+        tgt_tok: Tokenizer,
+        decode: DecodeConfig,
+        device: torch.device,
+        precision: Precision = "fp32",
+    ) -> None:
+        self.model = model
+        self.src_tok, self.tgt_tok = src_tok, tgt_tok
+        self.decode = decode
+        self.device = device
+        self.precision = precision
+        self.truncated = 0  # input lines cut to the model's longest source
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        device: str = "auto",
+        precision: str = "auto",
+        **decode_overrides: Any,
+    ) -> Translator:
+        dev = resolve_device(device)
+        state = checkpoint.load(path)
+        recipe, model, src_tok, tgt_tok = model_from_checkpoint(state, path)
+        overrides = {k: v for k, v in decode_overrides.items() if v is not None}
+        decode = dataclasses.replace(recipe.decode, **overrides)
+        decode.validate()
+        model.to(dev).eval()
+        return cls(model, src_tok, tgt_tok, decode, dev, resolve_precision(precision, dev))
+
+    def _encode(self, lines: list[str]) -> list[list[int]]:
+        limit = self.model.cfg.max_positions - 1  # room for EOS
+        ids = self.src_tok.encode(lines)
+        for i, seq in enumerate(ids):
+            if len(seq) > limit:
+                self.truncated += 1
+                log.warning(f"an input line of {len(seq)} tokens was cut to {limit} tokens")
+                ids[i] = seq[:limit]
+        return ids
+
+    def _decode_batch(self, batch: list[list[int]]) -> list[list[int]]:
+        src = pad_sequences([torch.tensor(s) for s in batch], None, EOS).to(self.device)
+        d = self.decode
+        with autocast(self.device, self.precision):
+            if d.method == "greedy":
+                hyps = greedy_search(self.model, src, d.max_len_a, d.max_len_b)
+            else:
+                best = beam_search(
+                    self.model, src, d.beam_size, d.length_penalty, d.max_len_a, d.max_len_b
+                )
+                hyps = [h[0] for h in best]
+        return [h.tokens for h in hyps]
+
+    def translate(self, lines: list[str]) -> list[str]:
+        """Translate a list of sentences; returns one output line per input line, in order."""
+        outputs = [""] * len(lines)
+        todo = [i for i, line in enumerate(lines) if line.strip()]
+        ids = self._encode([lines[i] for i in todo])
+        # Longest first: the costliest batch runs (and fails, if memory is short) early.
+        order = sorted(range(len(todo)), key=lambda j: len(ids[j]), reverse=True)
+        batch: list[int] = []
+        width = 0
+        for j in order + [None]:
+            if j is not None:
+                new_width = max(width, len(ids[j]) + 1)
+                if not batch or new_width * (len(batch) + 1) <= self.decode.batch_tokens:
+                    batch.append(j)
+                    width = new_width
+                    continue
+            if batch:
+                texts = self.tgt_tok.decode(self._decode_batch([ids[b] for b in batch]))
+                for b, text in zip(batch, texts):
+                    outputs[todo[b]] = text
+            if j is not None:
+                batch, width = [j], len(ids[j]) + 1
+        return outputs
+
+    def stream(self, lines: Iterable[str], buffer_lines: int = 1000) -> Iterator[str]:
+        """Translate an iterable of lines buffer by buffer, yielding outputs in input order."""
+        it = iter(lines)
+        while buffer := list(itertools.islice(it, buffer_lines)):
+            yield from self.translate([line.rstrip("\r\n") for line in buffer])
