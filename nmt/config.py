@@ -337,13 +337,29 @@ def from_dict(tree: dict, base_dir: Path | None = None) -> Recipe:
     return recipe
 
 
+def _merge(tree: dict, overrides: dict) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
+
+
 def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Load a recipe file, apply `key=value` overrides, validate, resolve paths."""
+    """Load a recipe file, apply `key=value` overrides, validate, resolve paths.
+
+    Paths in the file are relative to the file's folder; paths given with --set are relative
+    to the current folder, like any other path typed on the command line.
+    """
     path = Path(path)
     tree = read_yaml(path)
+    _resolve_paths(tree, path.resolve().parent)
+    changes: dict = {}
     for assignment in overrides or []:
-        _set_override(tree, assignment)
-    return from_dict(tree, path.resolve().parent)
+        _set_override(changes, assignment)
+    _resolve_paths(changes, Path.cwd())
+    _merge(tree, changes)
+    return from_dict(tree)
 
 
 def to_dict(recipe: Recipe) -> dict:

@@ -369,7 +369,8 @@ class Batch:
     src: torch.Tensor  # (B, S): tokens + EOS, right-padded with PAD
     tgt_in: torch.Tensor  # (B, T): BOS + tokens
     tgt_out: torch.Tensor  # (B, T): tokens + EOS
-    n_tgt_tokens: int  # non-padding target tokens, known without touching the device
+    target_positions: torch.Tensor  # flat indices of the non-padding entries of tgt_out
+    n_tgt_tokens: int  # their number, known without touching the device
 
     def to(self, device: torch.device) -> Batch:
         nb = device.type == "cuda"
@@ -377,6 +378,7 @@ class Batch:
             self.src.to(device, non_blocking=nb),
             self.tgt_in.to(device, non_blocking=nb),
             self.tgt_out.to(device, non_blocking=nb),
+            self.target_positions.to(device, non_blocking=nb),
             self.n_tgt_tokens,
         )
 
@@ -401,11 +403,14 @@ def pad_sequences(
 def collate(dataset: ParallelDataset, indices: Sequence[int]) -> Batch:
     src = [dataset.src[i] for i in indices]
     tgt = [dataset.tgt[i] for i in indices]
+    tgt_out = pad_sequences(tgt, None, EOS)
+    positions = tgt_out.flatten().ne(PAD).nonzero().squeeze(1)
     return Batch(
         src=pad_sequences(src, None, EOS),
         tgt_in=pad_sequences(tgt, BOS, None),
-        tgt_out=pad_sequences(tgt, None, EOS),
-        n_tgt_tokens=sum(len(t) for t in tgt) + len(tgt),
+        tgt_out=tgt_out,
+        target_positions=positions,
+        n_tgt_tokens=len(positions),
     )
 
 

@@ -185,14 +185,30 @@ class Seq2Seq(nn.Module):
         With a cache, `tgt_in` holds only the new position(s) starting at `start`; keys and values
         of earlier positions come from the cache.
         """
+        x, weights = self.decode_features(tgt_in, memory, src_pad_mask, cache, start, need_weights)
+        return self.project(x), weights
+
+    def decode_features(
+        self,
+        tgt_in: torch.Tensor,
+        memory: torch.Tensor,
+        src_pad_mask: torch.Tensor,
+        cache: DecoderCache | None = None,
+        start: int = 0,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The decoder's output states (B, T, d_model), before the vocabulary projection."""
         x = self._embed(self.tgt_embed, tgt_in, start)
         weights = None
         for i, layer in enumerate(self.decoder_layers):
             x, weights = layer(
                 x, memory, src_pad_mask, None if cache is None else cache[i], need_weights
             )
-        x = self.decoder_norm(x)
-        return F.linear(x, self.tgt_embed.weight), weights
+        return self.decoder_norm(x), weights
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder states -> vocabulary logits, through the tied target embedding."""
+        return F.linear(x, self.tgt_embed.weight)
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         memory, pad_mask = self.encode(src)

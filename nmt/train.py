@@ -29,9 +29,8 @@ from nmt.config import Recipe
 from nmt.data import Batch, ParallelDataset, Prepared, collate, token_batches
 from nmt.device import autocast, resolve_device, resolve_precision
 from nmt.errors import NmtError
-from nmt.model import build_model, count_parameters
+from nmt.model import Seq2Seq, build_model, count_parameters
 from nmt.score import score_lines
-from nmt.tokenizer import PAD
 from nmt.translate import Translator
 
 log = logging.getLogger("nmt")
@@ -42,17 +41,18 @@ def inverse_sqrt_lr(step: int, lr: float, warmup: int) -> float:
     return lr * min(step / warmup, math.sqrt(warmup / step))
 
 
-def token_loss(
-    logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
-) -> torch.Tensor:
-    """Summed cross-entropy over non-padding target tokens (computed in fp32)."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),
-        target.reshape(-1),
-        ignore_index=PAD,
-        label_smoothing=label_smoothing,
-        reduction="sum",
-    )
+def batch_loss(model: Seq2Seq, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Summed (label-smoothed) cross-entropy over the batch's non-padding target tokens.
+
+    Only real target positions are projected onto the vocabulary: the projection and softmax
+    are the largest single cost of a step, and padding would waste a share of them.
+    """
+    memory, src_pad_mask = model.encode(batch.src)
+    states, _ = model.decode_features(batch.tgt_in, memory, src_pad_mask)
+    states = states.flatten(0, 1).index_select(0, batch.target_positions)
+    logits = model.project(states).float()
+    target = batch.tgt_out.flatten().index_select(0, batch.target_positions)
+    return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction="sum")
 
 
 @dataclass
@@ -238,8 +238,7 @@ class Trainer:
         for batch in group:
             batch = batch.to(self.device)
             with autocast(self.device, self.precision):
-                logits = self.model(batch.src, batch.tgt_in)
-            loss = token_loss(logits, batch.tgt_out, self.cfg.label_smoothing)
+                loss = batch_loss(self.model, batch, self.cfg.label_smoothing)
             self.scaler.scale(loss / n_tokens).backward()
             total += loss.detach()
         if self.cfg.clip_norm > 0:
@@ -261,8 +260,7 @@ class Trainer:
         for indices in token_batches(data.src.lengths, data.tgt.lengths, self.cfg.max_tokens):
             batch = collate(data, indices).to(self.device)
             with autocast(self.device, self.precision):
-                logits = self.model(batch.src, batch.tgt_in)
-            total += token_loss(logits, batch.tgt_out).item()
+                total += batch_loss(self.model, batch).item()
             tokens += batch.n_tgt_tokens
         return total / max(tokens, 1)
 
