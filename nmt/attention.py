@@ -19,14 +19,16 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
-class MultiHeadAttention(nn.Module):
-    """Scaled dot-product attention, softmax(Q Kᵀ / √d_k) V, over `heads` heads.
+class Attention(nn.Module):
+    """What every mechanism shares: the Q/K/V projections, heads, masks and the cache.
 
     Q, K and V come from one (3·d_model × d_model) projection, laid out like
-    torch.nn.MultiheadAttention's in_proj_weight; heads are merged by `out_proj`. The product
-    itself runs in F.scaled_dot_product_attention, which picks fused kernels where they exist.
+    torch.nn.MultiheadAttention's in_proj_weight, split into `heads` heads of d_model/heads, and
+    the heads' outputs are merged by `out_proj`. A subclass says only how a query and a key are
+    scored (`scores`), and may compute the whole product faster (`attend`).
     """
 
     def __init__(self, d_model: int, heads: int, dropout: float = 0.0, static_kv: bool = False):
@@ -76,44 +78,133 @@ class MultiHeadAttention(nn.Module):
                     cache["k"], cache["v"] = k, v
         mask = None
         if key_padding_mask is not None:
-            mask = ~key_padding_mask[:, None, None, :]  # SDPA: True = may attend
+            mask = ~key_padding_mask[:, None, None, :]  # True = may attend
         # With a cache the query is the newest position and may see every cached key.
-        is_causal = causal and cache is None
-        if is_causal and mask is not None:
+        if causal and cache is None:
             L, S = q.shape[2], k.shape[2]
-            mask = mask & torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
-            is_causal = False
-        dropout = self.dropout if self.training else 0.0
-        weights = None
+            future = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
+            mask = future if mask is None else mask & future
         if need_weights:
-            out, weights = self._attend_explicit(q, k, v, mask, is_causal, dropout)
+            out, weights = self.attend_explicit(q, k, v, mask)
         else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=is_causal
-            )
+            out, weights = self.attend(q, k, v, mask, causal and cache is None), None
         b, _, n, _ = out.shape
-        out = out.transpose(1, 2).reshape(b, n, d)
-        return self.out_proj(out), weights
+        return self.out_proj(out.transpose(1, 2).reshape(b, n, d)), weights
 
-    def _attend_explicit(
+    def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """(B, H, L, Dh) queries and (B, H, S, Dh) keys -> (B, H, L, S) scores."""
+        raise NotImplementedError
+
+    def attend_explicit(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(scores) V, written out; returns the output and the weights."""
+        scores = self.scores(q, k)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        weights = scores.softmax(dim=-1)
+        return F.dropout(weights, self.dropout, self.training) @ v, weights
+
+    def attend(
         self,
         q: torch.Tensor,
         k: torch.Tensor,
         v: torch.Tensor,
         mask: torch.Tensor | None,
-        is_causal: bool,
-        dropout: float,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same product written out, for when the weights themselves are wanted."""
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
-        if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
-        if is_causal:
-            L, S = scores.shape[-2:]
-            future = torch.ones(L, S, dtype=torch.bool, device=q.device).triu(1)
-            scores = scores.masked_fill(future, float("-inf"))
-        weights = scores.softmax(dim=-1)
-        return F.dropout(weights, dropout, self.training) @ v, weights
+        causal: bool,
+    ) -> torch.Tensor:
+        return self.attend_explicit(q, k, v, mask)[0]
+
+
+class MultiHeadAttention(Attention):
+    """Scaled dot-product attention (Vaswani et al., 2017): softmax(Q Kᵀ / √d_k) V per head.
+
+    The product runs in F.scaled_dot_product_attention, which picks fused kernels (flash,
+    memory-efficient) where the device has them.
+    """
+
+    def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+
+    def attend(self, q, k, v, mask, causal):
+        dropout = self.dropout if self.training else 0.0
+        if causal and mask is not None and mask.dim() == 2:
+            mask = None  # the causal mask alone: let the kernel apply it
+        else:
+            causal = False
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal
+        )
+
+
+class LuongAttention(Attention):
+    """Multiplicative attention (Luong, Pham & Manning, 2015), per head, unscaled:
+    `dot`: score(q, k) = qᵀk;  `general`: score(q, k) = qᵀ W_a k, with one W_a per head.
+
+    Both reduce to a dot product (of q, or of q W_a, with k), so the product runs in
+    F.scaled_dot_product_attention with scale 1.
+    """
+
+    def __init__(self, d_model, heads, dropout=0.0, static_kv=False, score: str = "general"):
+        super().__init__(d_model, heads, dropout, static_kv)
+        self.score = score
+        if score == "general":
+            eye = torch.eye(self.head_dim).expand(heads, -1, -1)
+            # Start at the identity (the `dot` score) plus noise, so both variants start alike.
+            self.w_a = nn.Parameter(eye + 0.02 * torch.randn(heads, self.head_dim, self.head_dim))
+
+    def _query(self, q: torch.Tensor) -> torch.Tensor:
+        return q @ self.w_a if self.score == "general" else q
+
+    def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return self._query(q) @ k.transpose(-1, -2)
+
+    def attend(self, q, k, v, mask, causal):
+        dropout = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(
+            self._query(q), k, v, attn_mask=mask, dropout_p=dropout, scale=1.0
+        )
+
+
+class BahdanauAttention(Attention):
+    """Additive attention (Bahdanau, Cho & Bengio, 2015), per head:
+    score(q, k) = vᵀ tanh(W_q q + W_k k), where W_q q and W_k k are the head's slices of the
+    Q and K projections (their biases included) and v has one vector per head.
+
+    The tanh is taken over every (query, key) pair: B·H·L·S·Dh values. `attend` computes it in
+    chunks of query positions so that at most `chunk_elements` of them exist at once; while
+    training, each chunk is recomputed in the backward pass (activation checkpointing) instead
+    of being kept, which bounds memory at the cost of one more forward of the scores.
+    """
+
+    chunk_elements = 1 << 24  # 64 MiB of fp32 per chunk
+
+    def __init__(self, d_model, heads, dropout=0.0, static_kv=False):
+        super().__init__(d_model, heads, dropout, static_kv)
+        self.v = nn.Parameter(torch.empty(heads, self.head_dim).uniform_(-0.1, 0.1))
+
+    def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        hidden = torch.tanh(q.unsqueeze(3) + k.unsqueeze(2))  # (B, H, L, S, Dh)
+        return torch.einsum("bhlsd,hd->bhls", hidden, self.v)
+
+    def attend(self, q, k, v, mask, causal):
+        b, h, length, dh = q.shape
+        step = max(1, self.chunk_elements // max(1, b * h * k.shape[2] * dh))
+        outputs = []
+        for start in range(0, length, step):
+            q_chunk = q[:, :, start : start + step]
+            m_chunk = None
+            if mask is not None:
+                m_chunk = mask[..., start : start + step, :] if mask.shape[-2] > 1 else mask
+            if self.training and torch.is_grad_enabled():
+                out = checkpoint(self._attend_chunk, q_chunk, k, v, m_chunk, use_reentrant=False)
+            else:
+                out = self._attend_chunk(q_chunk, k, v, m_chunk)
+            outputs.append(out)
+        return torch.cat(outputs, dim=2)
+
+    def _attend_chunk(self, q, k, v, mask):
+        return self.attend_explicit(q, k, v, mask)[0]
 
 
 def reorder_cache(cache: dict[str, torch.Tensor], order: torch.Tensor) -> None:

@@ -76,6 +76,19 @@ class FilterConfig:
         _require(self.max_ratio >= 1.0, "filter.max_ratio", "must be >= 1.0")
 
 
+AttentionKind = Literal["multihead", "luong", "bahdanau"]
+ATTENTION_SITES = ("encoder", "decoder", "cross")
+
+
+@dataclass(frozen=True)
+class AttentionSites:
+    """The mechanism of each attention site: encoder self-, decoder self- and cross-attention."""
+
+    encoder: AttentionKind = "multihead"
+    decoder: AttentionKind = "multihead"
+    cross: AttentionKind = "multihead"
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     d_model: int = 256
@@ -88,7 +101,9 @@ class ModelConfig:
     activation_dropout: float = 0.0
     activation: Literal["relu", "gelu"] = "relu"
     norm: Literal["pre", "post"] = "pre"
-    attention: Literal["multihead"] = "multihead"
+    # One mechanism for every site, or a mapping {encoder: ..., decoder: ..., cross: ...}.
+    attention: AttentionKind | AttentionSites = "multihead"
+    luong_score: Literal["dot", "general"] = "general"
     # With a joint vocabulary the encoder embedding is tied too (all three matrices).
     share_all_embeddings: bool = True
     max_positions: int = 1024
@@ -104,6 +119,12 @@ class ModelConfig:
         for name in ("dropout", "attention_dropout", "activation_dropout"):
             _require(0.0 <= getattr(self, name) < 1.0, f"model.{name}", "must be in [0, 1)")
         _require(self.max_positions >= 8, "model.max_positions", "must be >= 8")
+
+    def attention_at(self, site: str) -> str:
+        """The mechanism used at `site` (encoder, decoder or cross)."""
+        if isinstance(self.attention, str):
+            return self.attention
+        return getattr(self.attention, site)
 
 
 @dataclass(frozen=True)
@@ -209,6 +230,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp))
     if origin is tuple:
         return "a list of " + ", ".join(_type_name(a) for a in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping of " + ", ".join(f.name for f in dataclasses.fields(tp))
     return {type(None): "null", int: "an integer", float: "a number", str: "a string"}.get(
         tp, getattr(tp, "__name__", str(tp))
     )
@@ -218,11 +241,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; returns the value converted (int -> float)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
+        errors = []
         for option in typing.get_args(tp):
             try:
                 return _coerce(value, option, key)
-            except NmtError:
-                continue
+            except NmtError as e:
+                errors.append((option, e))
+        # Report the error of the option the value was meant for (a choice, or a mapping).
+        for option, error in errors:
+            meant = dict if dataclasses.is_dataclass(option) else str
+            if typing.get_origin(option) is Literal and isinstance(value, meant):
+                raise error
+            if meant is dict and isinstance(value, dict):
+                raise error
     elif origin is Literal:
         if value in typing.get_args(tp):
             return value

@@ -19,7 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.attention import MultiHeadAttention, reorder_cache
+from nmt.attention import (
+    Attention,
+    BahdanauAttention,
+    LuongAttention,
+    MultiHeadAttention,
+    reorder_cache,
+)
 from nmt.config import ModelConfig
 from nmt.tokenizer import PAD
 
@@ -27,11 +33,20 @@ from nmt.tokenizer import PAD
 DecoderCache = list[dict[str, dict[str, torch.Tensor]]]
 
 
-def build_attention(cfg: ModelConfig, static_kv: bool) -> nn.Module:
-    """The attention mechanism named in the recipe (the single place that chooses it)."""
-    if cfg.attention == "multihead":
-        return MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, static_kv)
-    raise ValueError(f"unknown attention {cfg.attention!r}")
+def build_attention(cfg: ModelConfig, site: str) -> Attention:
+    """The attention mechanism the recipe names for `site` (the single place that chooses it).
+
+    Cross-attention reads a fixed memory, so its keys/values are cached once per sentence.
+    """
+    kind = cfg.attention_at(site)
+    args = (cfg.d_model, cfg.heads, cfg.attention_dropout, site == "cross")
+    if kind == "multihead":
+        return MultiHeadAttention(*args)
+    if kind == "luong":
+        return LuongAttention(*args, score=cfg.luong_score)
+    if kind == "bahdanau":
+        return BahdanauAttention(*args)
+    raise ValueError(f"unknown attention {kind!r}")
 
 
 def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
@@ -78,7 +93,7 @@ class Residual(nn.Module):
 class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.self_attn = build_attention(cfg, static_kv=False)
+        self.self_attn = build_attention(cfg, "encoder")
         self.ff = FeedForward(cfg)
         self.attn_block, self.ff_block = Residual(cfg), Residual(cfg)
 
@@ -90,8 +105,8 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.self_attn = build_attention(cfg, static_kv=False)
-        self.cross_attn = build_attention(cfg, static_kv=True)
+        self.self_attn = build_attention(cfg, "decoder")
+        self.cross_attn = build_attention(cfg, "cross")
         self.ff = FeedForward(cfg)
         self.self_block, self.cross_block, self.ff_block = (
             Residual(cfg),
