@@ -54,6 +54,9 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
                 break
         else:
             raise NmtError(f"no checkpoint (best.pt or last.pt) in the folder {path}")
+    if path.is_file() and not zipfile.is_zipfile(path):
+        # torch.save has written zip archives since PyTorch 1.6; anything else is not ours.
+        raise NmtError(f"{path} is not a readable checkpoint (not a PyTorch zip archive)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -217,6 +218,9 @@ _PATH_KEYS = {
 }
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise NmtError(f"recipe key '{key}' {message}")
@@ -277,6 +281,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        # PyYAML follows YAML 1.1, where 1e-3 (no dot) is a string; users mean a number.
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -294,7 +301,10 @@ def _build(cls: type, values: dict, prefix: str = "") -> Any:
     for key, value in values.items():
         full = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            hint = difflib.get_close_matches(str(key), names, n=1)
+            hint = (
+                difflib.get_close_matches(str(key), names, n=1)
+                or [n for n in names if str(key).startswith(n) or n.startswith(str(key))][:1]
+            )
             extra = f" (did you mean '{prefix + '.' if prefix else ''}{hint[0]}'?)" if hint else ""
             raise NmtError(f"unknown recipe key '{full}'{extra}")
         kwargs[key] = _coerce(value, hints[key], full)
@@ -390,6 +400,9 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         _set_override(changes, assignment)
     _resolve_paths(changes, Path.cwd())
     _merge(tree, changes)
+    if not tree.get("run_dir"):
+        # No run folder given: runs/<name> under the current folder, as fairseq's checkpoints/.
+        tree["run_dir"] = str(Path.cwd() / "runs" / str(tree.get("name", Recipe.name)))
     return from_dict(tree)
 
 

@@ -42,7 +42,8 @@ def _metric(name: str, lowercase: bool, tokenize: str | None):
     if name == "chrf":
         return CHRF(lowercase=lowercase)
     if name == "ter":
-        return TER(case_sensitive=not lowercase)
+        # sacrebleu's TER ignores case by default (its CLI too); keep its signatures equal.
+        return TER(case_sensitive=False)
     raise NmtError(f"unknown metric '{name}'; choose from {', '.join(METRICS)}")
 
 

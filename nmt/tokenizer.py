@@ -6,9 +6,11 @@ to the model: 0 padding, 1 unknown, 2 begin-of-sentence, 3 end-of-sentence.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import sentencepiece as spm
@@ -62,14 +64,30 @@ class Tokenizer:
         return self.sp.encode(line, out_type=str)
 
 
+@contextlib.contextmanager
+def _fd2_to_temporary_file() -> Iterator[None]:
+    """Point file descriptor 2 at a temporary file for the duration (SentencePiece's own
+    `logstream` needs `sys.stderr.fileno()`, which test runners and notebooks lack)."""
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as log:
+            os.dup2(log.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+
+
 def train_sentencepiece(
     inputs: Sequence[Path], model_prefix: Path, cfg: TokenizerConfig, seed: int = 1
 ) -> Tokenizer:
     """Train one SentencePiece model on the given text files; writes `<prefix>.model/.vocab`."""
     model_prefix.parent.mkdir(parents=True, exist_ok=True)
     spm.set_random_generator_seed(seed)
-    # SentencePiece logs to a file descriptor; keep its chatter off the user's terminal.
-    with tempfile.TemporaryFile("w+") as log:
+    # SentencePiece logs to file descriptor 2; keep its chatter off the user's terminal.
+    with _fd2_to_temporary_file():
         try:
             spm.SentencePieceTrainer.train(
                 input=[str(p) for p in inputs],
@@ -84,11 +102,16 @@ def train_sentencepiece(
                 bos_id=BOS,
                 eos_id=EOS,
                 num_threads=2,
-                logstream=log,
             )
         except RuntimeError as e:
             message = str(e).strip().splitlines()[-1] if str(e).strip() else "training failed"
             message = re.sub(r"^.*\] ", "", message)  # drop the C++ source location
+            if "required_chars" in message:
+                raise NmtError(
+                    f"tokenizer.vocab_size={cfg.vocab_size} is too small for the characters of "
+                    "this corpus; raise tokenizer.vocab_size or lower "
+                    "tokenizer.character_coverage"
+                ) from None
             if "Vocabulary size" in message:
                 raise NmtError(
                     f"tokenizer.vocab_size={cfg.vocab_size} is too large for this corpus: "

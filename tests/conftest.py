@@ -1,0 +1,102 @@
+"""Shared fixtures: the embedded toy corpus, recipe files, and a small trained run."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_make_toy():
+    spec = importlib.util.spec_from_file_location("make_toy", ROOT / "data" / "make_toy.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["make_toy"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+make_toy = _load_make_toy()
+
+
+@pytest.fixture(scope="session")
+def toy_corpus(tmp_path_factory) -> Path:
+    """The embedded corpus as `data/make_toy.py` writes it (10k training pairs)."""
+    out = tmp_path_factory.mktemp("toy")
+    make_toy.write_corpus(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory) -> Path:
+    """A 1,500-pair slice of the toy task, for tests that only need the pipeline to run."""
+    out = tmp_path_factory.mktemp("toy_small")
+    make_toy.write_corpus(out, n_train=1500, n_valid=40, n_test=40)
+    return out
+
+
+def tiny_recipe(corpus: Path, run_dir: Path, **sections: dict) -> dict:
+    """A recipe mapping for a very small model on `corpus`; `sections` override its parts."""
+    recipe = {
+        "name": "tiny",
+        "run_dir": str(run_dir),
+        "seed": 1,
+        "data": {
+            "src_lang": "en",
+            "tgt_lang": "de",
+            "train": str(corpus / "train"),
+            "valid": str(corpus / "valid"),
+            "test": str(corpus / "test"),
+        },
+        "tokenizer": {"type": "unigram", "joint": True, "vocab_size": 120},
+        "filter": {"max_len": 64, "max_ratio": 3.0},
+        "model": {
+            "d_model": 32,
+            "heads": 2,
+            "ff_dim": 64,
+            "encoder_layers": 1,
+            "decoder_layers": 1,
+            "dropout": 0.0,
+        },
+        "train": {
+            "max_tokens": 1024,
+            "lr": 0.003,
+            "warmup_steps": 10,
+            "max_steps": 20,
+            "valid_every": 10,
+            "log_every": 5,
+            "patience": 0,
+        },
+        "decode": {"method": "beam", "beam_size": 3},
+    }
+    for name, values in sections.items():
+        recipe.setdefault(name, {}).update(values)
+    return recipe
+
+
+def write_recipe(path: Path, recipe: dict) -> Path:
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def recipe_file(tmp_path, small_corpus) -> Path:
+    """A recipe file for a tiny model on the small corpus; its run folder is under tmp_path."""
+    return write_recipe(tmp_path / "tiny.yaml", tiny_recipe(small_corpus, tmp_path / "run"))
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, small_corpus) -> Path:
+    """A run folder with a briefly trained tiny model (best.pt, last.pt, log.jsonl)."""
+    from nmt import config, data, train
+
+    folder = tmp_path_factory.mktemp("trained")
+    path = write_recipe(folder / "tiny.yaml", tiny_recipe(small_corpus, folder / "run"))
+    recipe = config.load(path)
+    data.preprocess(recipe)
+    train.train(recipe, progress=False)
+    return folder / "run"
