@@ -79,15 +79,18 @@ class Attention(nn.Module):
         mask = None
         if key_padding_mask is not None:
             mask = ~key_padding_mask[:, None, None, :]  # True = may attend
-        # With a cache the query is the newest position and may see every cached key.
-        if causal and cache is None:
-            L, S = q.shape[2], k.shape[2]
-            future = torch.ones(L, S, dtype=torch.bool, device=q.device).tril()
-            mask = future if mask is None else mask & future
+        # The L queries are the last L of the S key positions (S > L when earlier ones are
+        # cached): query i may see keys up to S - L + i. One new query sees every key.
+        L, S = q.shape[2], k.shape[2]
+        causal = causal and L > 1
+        if causal:
+            past = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(diagonal=S - L)
+            mask = past if mask is None else mask & past
         if need_weights:
             out, weights = self.attend_explicit(q, k, v, mask)
         else:
-            out, weights = self.attend(q, k, v, mask, causal and cache is None), None
+            # `causal` tells a fused kernel it may apply the mask itself (top-left aligned).
+            out, weights = self.attend(q, k, v, mask, causal and L == S), None
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d)), weights
 
