@@ -19,7 +19,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 
 class Attention(nn.Module):
@@ -169,15 +168,67 @@ class LuongAttention(Attention):
         )
 
 
+def _additive_hidden(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """tanh(q_l + k_s) for every (query, key) pair: (B, H, l, Dh), (B, H, S, Dh) -> (B, H, l, S, Dh)."""
+    return torch.tanh(q.unsqueeze(3) + k.unsqueeze(2))
+
+
+class _AdditiveScores(torch.autograd.Function):
+    """scores[b, h, l, s] = v_h · tanh(q[b, h, l] + k[b, h, s]), computed `step` queries at a time.
+
+    Only q, k and v are kept for the backward pass, which recomputes each chunk's tanh and
+    differentiates it by hand, so memory holds one chunk of B·H·step·S·Dh values at a time in
+    both passes (autograd would keep every chunk, or, checkpointed, rebuild each chunk's graph).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, step):  # noqa: ANN001 - autograd.Function signature
+        b, h, length, dh = q.shape
+        n_keys = k.shape[2]
+        scores = q.new_empty(b, h, length, n_keys)
+        v_col = v.view(1, h, dh, 1)
+        for start in range(0, length, step):
+            hidden = _additive_hidden(q[:, :, start : start + step], k)
+            rows = hidden.shape[2]
+            flat = hidden.view(b, h, rows * n_keys, dh) @ v_col  # (B, H, rows·S, 1)
+            scores[:, :, start : start + rows] = flat.view(b, h, rows, n_keys)
+        ctx.save_for_backward(q, k, v)
+        ctx.step = step
+        return scores
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: ANN001
+        q, k, v = ctx.saved_tensors
+        b, h, length, dh = q.shape
+        n_keys = k.shape[2]
+        grad = grad.contiguous()
+        dq = torch.empty_like(q)
+        dk = torch.zeros_like(k)
+        dv = torch.zeros(b, h, 1, dh, dtype=q.dtype, device=q.device)
+        for start in range(0, length, ctx.step):
+            hidden = _additive_hidden(q[:, :, start : start + ctx.step], k)
+            rows = hidden.shape[2]
+            g = grad[:, :, start : start + rows]  # (B, H, rows, S)
+            # d score / d v_h = sum over (b, l, s) of g · tanh(...)
+            dv += g.reshape(b, h, 1, rows * n_keys) @ hidden.view(b, h, rows * n_keys, dh)
+            # d score / d pre-activation = g · v_h · (1 - tanh²); v_h factors out of the sums.
+            local = hidden.square_().neg_().add_(1).mul_(g.unsqueeze(-1))
+            dq[:, :, start : start + rows] = local.sum(3)
+            dk += local.sum(2)
+        v_row = v.view(1, h, 1, dh)
+        return dq * v_row, dk * v_row, dv.sum(0).view(h, dh), None
+
+
 class BahdanauAttention(Attention):
     """Additive attention (Bahdanau, Cho & Bengio, 2015), per head:
     score(q, k) = vᵀ tanh(W_q q + W_k k), where W_q q and W_k k are the head's slices of the
     Q and K projections (their biases included) and v has one vector per head.
 
-    The tanh is taken over every (query, key) pair: B·H·L·S·Dh values. `attend` computes it in
-    chunks of query positions so that at most `chunk_elements` of them exist at once; while
-    training, each chunk is recomputed in the backward pass (activation checkpointing) instead
-    of being kept, which bounds memory at the cost of one more forward of the scores.
+    The tanh is taken over every (query, key) pair: B·H·L·S·Dh values, far more than any other
+    tensor in the model. `_AdditiveScores` computes it in chunks of query positions so that at
+    most `chunk_elements` of them exist at once, in the forward and in the backward pass (which
+    recomputes them rather than keeping them): memory stays bounded, at the cost of computing
+    the tanh twice while training.
     """
 
     chunk_elements = 1 << 24  # 64 MiB of fp32 per chunk
@@ -187,27 +238,10 @@ class BahdanauAttention(Attention):
         self.v = nn.Parameter(torch.empty(heads, self.head_dim).uniform_(-0.1, 0.1))
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        hidden = torch.tanh(q.unsqueeze(3) + k.unsqueeze(2))  # (B, H, L, S, Dh)
-        return torch.einsum("bhlsd,hd->bhls", hidden, self.v)
-
-    def attend(self, q, k, v, mask, causal):
-        b, h, length, dh = q.shape
+        b, h, _, dh = q.shape
         step = max(1, self.chunk_elements // max(1, b * h * k.shape[2] * dh))
-        outputs = []
-        for start in range(0, length, step):
-            q_chunk = q[:, :, start : start + step]
-            m_chunk = None
-            if mask is not None:
-                m_chunk = mask[..., start : start + step, :] if mask.shape[-2] > 1 else mask
-            if self.training and torch.is_grad_enabled():
-                out = checkpoint(self._attend_chunk, q_chunk, k, v, m_chunk, use_reentrant=False)
-            else:
-                out = self._attend_chunk(q_chunk, k, v, m_chunk)
-            outputs.append(out)
-        return torch.cat(outputs, dim=2)
-
-    def _attend_chunk(self, q, k, v, mask):
-        return self.attend_explicit(q, k, v, mask)[0]
+        # Contiguous inputs give a contiguous tanh (elementwise ops follow their inputs' strides).
+        return _AdditiveScores.apply(q.contiguous(), k.contiguous(), self.v.to(q.dtype), step)
 
 
 def reorder_cache(cache: dict[str, torch.Tensor], order: torch.Tensor) -> None:
