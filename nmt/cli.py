@@ -82,17 +82,32 @@ def train(
     recipe: RecipeArg,
     set_: SetOpt = None,
     force: Annotated[
-        bool, typer.Option(help="Train from scratch even if the run folder has checkpoints.")
+        bool,
+        typer.Option(
+            help="Train from scratch, replacing the run folder's checkpoints "
+            "[default: resume from its last.pt if it has one]."
+        ),
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Train a model from a recipe; checkpoints and logs go to the recipe's run_dir."""
+    """Train a model from a recipe (or resume its run); checkpoints and logs go to run_dir.
+
+    SIGINT (Ctrl-C) or SIGTERM saves last.pt after the current update and stops; the same
+    command then resumes exactly where it stopped.
+    """
     from nmt import config
     from nmt.train import train as run_training
 
     with user_errors():
         cfg = config.load(recipe, set_)
         result = run_training(cfg, force=force, progress=progress)
+        if result.interrupted:
+            stderr.print(
+                f"stopped by {result.interrupted} at step {result.steps}; saved "
+                f"{cfg.run_dir}/last.pt; run the same command to resume",
+                soft_wrap=True,
+            )
+            raise typer.Exit(130 if result.interrupted == "SIGINT" else 143)
         stderr.print(
             f"trained {result.steps} steps ({result.epochs} epochs) in {result.seconds:.0f}s, "
             f"{result.tokens_per_second:.0f} target tokens/s; best valid BLEU "

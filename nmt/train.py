@@ -14,6 +14,8 @@ import json
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,6 +66,7 @@ class TrainResult:
     seconds: float
     tokens_per_second: float  # target tokens, training steps only (validation excluded)
     stopped_early: bool
+    interrupted: str | None = None  # SIGINT or SIGTERM when a signal stopped the run
 
 
 class JsonlLog:
@@ -86,12 +89,12 @@ class Trainer:
         self.cfg = recipe.train
         self.run_dir = Path(recipe.run_dir)
         self.show_progress = progress
+        # A run folder with a checkpoint is resumed, unless --force starts it afresh.
         last = self.run_dir / "last.pt"
+        self.resume_from: dict | None = None
         if last.exists() and not force:
-            raise NmtError(
-                f"{self.run_dir} already holds a trained model; use --force to train again "
-                "from scratch (its checkpoints will be replaced)"
-            )
+            self.resume_from = checkpoint.load(last)
+            _check_resumable(self.resume_from, recipe, last)
         self.prepared = Prepared.open(recipe.prepared_dir)
         m = self.prepared.manifest
         if (m["src_lang"], m["tgt_lang"]) != (recipe.data.src_lang, recipe.data.tgt_lang):
@@ -130,24 +133,33 @@ class Trainer:
         )
         self.step = 0
         self.epoch = 0
+        self.epoch_updates = 0  # updates done in the current epoch: the position in its order
         self.best_bleu = -1.0
         self.last_bleu = -1.0
         self.bad_validations = 0
+        self.interrupted: str | None = None  # the signal that asked us to stop
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
 
     # -- the loop ---------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         config.dump(self.recipe, self.run_dir / "recipe.yaml")
-        (self.run_dir / "log.jsonl").unlink(missing_ok=True)
+        resuming = self.resume_from is not None
+        self.resume_from = None  # its tensors are loaded; free the copy
+        if not resuming:
+            (self.run_dir / "log.jsonl").unlink(missing_ok=True)
         self.log = JsonlLog(self.run_dir / "log.jsonl")
         n_params = count_parameters(self.model)
         log.info(
             f"model: {n_params / 1e6:.2f}M parameters; {len(self.train_data)} training pairs; "
             f"device {self.device}, precision {self.precision}"
+            + (f"; resuming at step {self.step}" if resuming else "")
         )
         self.log.write(
-            kind="start",
+            kind="resume" if resuming else "start",
+            step=self.step,
             parameters=n_params,
             device=str(self.device),
             precision=self.precision,
@@ -156,15 +168,24 @@ class Trainer:
         start = time.perf_counter()
         train_seconds, train_tokens = 0.0, 0
         stopped_early = False
-        with self._progress() as bar:
+        with self._progress() as bar, _StopOnSignal(self):
             task = bar.add_task("training", total=self.cfg.max_steps, info="")
+            bar.update(task, completed=self.step)
             window_loss = torch.zeros((), device=self.device)
             window_tokens, window_start = 0, time.perf_counter()
-            while self.epoch < self.cfg.max_epochs and self.step < self.cfg.max_steps:
-                self.epoch += 1
-                for group in self._updates(self.epoch):
+            # A resumed run first finishes the epoch it was in, from where it stopped.
+            continue_epoch = resuming and self.epoch > 0
+            while self.step < self.cfg.max_steps:
+                if not continue_epoch:
+                    if self.epoch >= self.cfg.max_epochs:
+                        break
+                    self.epoch += 1
+                    self.epoch_updates = 0
+                continue_epoch = False
+                for group in self._updates(self.epoch, skip=self.epoch_updates):
                     loss_sum, n_tokens = self._update(group)
                     self.step += 1
+                    self.epoch_updates += 1
                     window_loss += loss_sum
                     window_tokens += n_tokens
                     if self.step % self.cfg.log_every == 0:
@@ -193,14 +214,18 @@ class Trainer:
                         pause = time.perf_counter()
                         stopped_early = self._validate()
                         window_start += time.perf_counter() - pause  # validation is not training
+                    if self.interrupted:
+                        self._save("last.pt")
+                        self.log.write(kind="interrupted", step=self.step, signal=self.interrupted)
+                        break
                     if stopped_early or self.step >= self.cfg.max_steps:
                         break
-                if stopped_early:
+                if stopped_early or self.interrupted:
                     break
             if window_tokens:
                 train_seconds += time.perf_counter() - window_start
                 train_tokens += window_tokens
-            if self.step % self.cfg.valid_every != 0:
+            if self.step % self.cfg.valid_every != 0 and not self.interrupted:
                 self._validate()
         result = TrainResult(
             steps=self.step,
@@ -210,13 +235,15 @@ class Trainer:
             seconds=time.perf_counter() - start,
             tokens_per_second=train_tokens / train_seconds if train_seconds else 0.0,
             stopped_early=stopped_early,
+            interrupted=self.interrupted,
         )
         self.log.write(kind="end", **vars(result))
         self.log.close()
         return result
 
-    def _updates(self, epoch: int) -> Iterator[list[Batch]]:
-        """This epoch's batches (reshuffled with the seed), grouped `accum_steps` per update."""
+    def _updates(self, epoch: int, skip: int = 0) -> Iterator[list[Batch]]:
+        """This epoch's batches (reshuffled with the seed), grouped `accum_steps` per update;
+        the first `skip` updates (done before a resume) are left out."""
         batches = token_batches(
             self.train_data.src.lengths,
             self.train_data.tgt.lengths,
@@ -224,7 +251,7 @@ class Trainer:
             seed=self.recipe.seed * 100_003 + epoch,
         )
         k = self.cfg.accum_steps
-        for i in range(0, len(batches) - k + 1, k):
+        for i in range(skip * k, len(batches) - k + 1, k):
             yield [collate(self.train_data, b) for b in batches[i : i + k]]
 
     def _update(self, group: list[Batch]) -> tuple[torch.Tensor, int]:
@@ -316,10 +343,34 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "step": self.step,
                 "epoch": self.epoch,
+                "epoch_updates": self.epoch_updates,
                 "best_bleu": self.best_bleu,
+                "last_bleu": self.last_bleu,
+                "bad_validations": self.bad_validations,
+                "rng": {
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                },
             },
             self.run_dir / name,
         )
+
+    def _restore(self, state: dict) -> None:
+        """Continue exactly where `state` (a last.pt) stopped: weights, optimizer, gradient
+        scaler, counters, RNG states and the position in the epoch's batch order."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.epoch_updates = state.get("epoch_updates", 0)
+        self.best_bleu = state["best_bleu"]
+        self.last_bleu = state.get("last_bleu", self.best_bleu)
+        self.bad_validations = state.get("bad_validations", 0)
+        rng = state.get("rng", {})
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
 
     def _progress(self) -> Progress:
         return Progress(
@@ -331,6 +382,71 @@ class Trainer:
             console=Console(stderr=True),
             disable=not self.show_progress,
         )
+
+
+# Sections that define the model and its data: a resumed run must not change them.
+_FIXED_SECTIONS = ("data", "tokenizer", "filter", "model", "seed")
+
+
+def _check_resumable(state: dict, recipe: Recipe, path: Path) -> None:
+    saved = state["recipe"]
+    current = config.to_dict(recipe)
+    for section in _FIXED_SECTIONS:
+        if saved.get(section) != current[section]:
+            if isinstance(current[section], dict):
+                keys = [
+                    k
+                    for k in current[section]
+                    if saved.get(section, {}).get(k) != current[section][k]
+                ]
+                what = ", ".join(f"{section}.{k}" for k in keys) or section
+            else:
+                what = section
+            raise NmtError(
+                f"{path} was trained with a different {what}; resume with the recipe it was "
+                "trained with, or use --force to train from scratch"
+            )
+    if "optimizer" not in state:
+        raise NmtError(f"{path} has no optimizer state to resume from; use --force to start again")
+    if state["step"] >= recipe.train.max_steps:
+        raise NmtError(
+            f"{path.parent} is already trained to step {state['step']} (train.max_steps="
+            f"{recipe.train.max_steps}); raise train.max_steps to continue, or use --force to "
+            "train from scratch"
+        )
+    patience = recipe.train.patience
+    if patience and state.get("bad_validations", 0) >= patience:
+        raise NmtError(
+            f"{path.parent} stopped early: {patience} validations without a better BLEU "
+            "(train.patience); raise train.patience to continue, or use --force"
+        )
+
+
+class _StopOnSignal:
+    """SIGINT and SIGTERM ask the trainer to stop after the current update (it then saves
+    last.pt); a second signal stops at once, as usual."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.previous: dict[int, object] = {}
+
+    def _handler(self, signum: int, frame: object) -> None:
+        if self.trainer.interrupted:
+            signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.trainer.interrupted = signal.Signals(signum).name
+        log.warning(f"{self.trainer.interrupted}: saving last.pt after this update, then stopping")
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def train(recipe: Recipe, force: bool = False, progress: bool = True) -> TrainResult:
