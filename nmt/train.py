@@ -9,6 +9,7 @@ Read it top to bottom: `Trainer.train()` is the whole loop.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -26,7 +27,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nmt import checkpoint, config
+from nmt import checkpoint, config, distributed
 from nmt.config import Recipe
 from nmt.data import Batch, ParallelDataset, Prepared, collate, token_batches
 from nmt.device import autocast, resolve_device, resolve_precision
@@ -57,6 +58,20 @@ def batch_loss(model: Seq2Seq, batch: Batch, label_smoothing: float = 0.0) -> to
     return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction="sum")
 
 
+class _BatchLoss(torch.nn.Module):
+    """`batch_loss` as a module, so DistributedDataParallel can wrap it (DDP synchronises the
+    gradients of what runs through its own forward)."""
+
+    def __init__(self, model: Seq2Seq, label_smoothing: float) -> None:
+        super().__init__()
+        self.model = model
+        self.label_smoothing = label_smoothing
+
+    def forward(self, src, tgt_in, tgt_out, target_positions) -> torch.Tensor:  # noqa: ANN001
+        batch = Batch(src, tgt_in, tgt_out, target_positions, 0)
+        return batch_loss(self.model, batch, self.label_smoothing)
+
+
 @dataclass
 class TrainResult:
     steps: int
@@ -72,15 +87,18 @@ class TrainResult:
 class JsonlLog:
     """Appends one JSON object per line; flushed so a crash loses nothing already logged."""
 
-    def __init__(self, path: Path) -> None:
-        self.file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+    def __init__(self, path: Path | None) -> None:
+        # No path (ranks other than 0): records are dropped.
+        self.file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
 
     def write(self, **record: object) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        if self.file:
+            self.file.close()
 
 
 class Trainer:
@@ -112,11 +130,21 @@ class Trainer:
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)
         self.device = resolve_device(self.cfg.device)
+        # Under torchrun: one process per GPU (or CPU process), rank 0 writes everything.
+        self.world = distributed.setup(self.device.type)
+        if self.device.type == "cuda" and self.world.active:
+            self.device = torch.device("cuda", self.world.local_rank)
         self.precision = resolve_precision(self.cfg.precision, self.device)
         src_tok, tgt_tok = self.prepared.src_tok, self.prepared.tgt_tok
         self.model = build_model(recipe.model, len(src_tok), len(tgt_tok), m["joint"]).to(
             self.device
         )
+        self.loss_module: torch.nn.Module = _BatchLoss(self.model, self.cfg.label_smoothing)
+        if self.world.active:
+            self.loss_module = torch.nn.parallel.DistributedDataParallel(
+                self.loss_module,
+                device_ids=[self.world.local_rank] if self.device.type == "cuda" else None,
+            )
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
             lr=self.cfg.lr,
@@ -140,17 +168,24 @@ class Trainer:
         self.interrupted: str | None = None  # the signal that asked us to stop
         if self.resume_from is not None:
             self._restore(self.resume_from)
+        if self.world.rank > 0:
+            # Other ranks draw other dropout masks (rank 0 keeps the single-process stream).
+            torch.manual_seed(recipe.seed * 1_000_003 + self.world.rank * 7919 + self.step)
 
     # -- the loop ---------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        config.dump(self.recipe, self.run_dir / "recipe.yaml")
         resuming = self.resume_from is not None
         self.resume_from = None  # its tensors are loaded; free the copy
-        if not resuming:
-            (self.run_dir / "log.jsonl").unlink(missing_ok=True)
-        self.log = JsonlLog(self.run_dir / "log.jsonl")
+        main = self.world.is_main
+        if main:
+            config.dump(self.recipe, self.run_dir / "recipe.yaml")
+            if not resuming:
+                (self.run_dir / "log.jsonl").unlink(missing_ok=True)
+        self.log = JsonlLog(self.run_dir / "log.jsonl" if main else None)
+        if self.world.active:
+            log.info(f"rank {self.world.rank} of {self.world.size}, device {self.device}")
         n_params = count_parameters(self.model)
         log.info(
             f"model: {n_params / 1e6:.2f}M parameters; {len(self.train_data)} training pairs; "
@@ -192,10 +227,13 @@ class Trainer:
                         elapsed = time.perf_counter() - window_start
                         train_seconds += elapsed
                         train_tokens += window_tokens
+                        [loss_total] = distributed.all_sum(
+                            [window_loss.item()], self.world, self.device
+                        )
                         record = {
                             "step": self.step,
                             "epoch": self.epoch,
-                            "loss": window_loss.item() / max(window_tokens, 1),
+                            "loss": loss_total / max(window_tokens, 1),
                             "lr": self.optimizer.param_groups[0]["lr"],
                             "tgt_tokens_per_s": window_tokens / elapsed,
                         }
@@ -215,7 +253,8 @@ class Trainer:
                         stopped_early = self._validate()
                         window_start += time.perf_counter() - pause  # validation is not training
                     if self.interrupted:
-                        self._save("last.pt")
+                        if main:
+                            self._save("last.pt")
                         self.log.write(kind="interrupted", step=self.step, signal=self.interrupted)
                         break
                     if stopped_early or self.step >= self.cfg.max_steps:
@@ -239,6 +278,7 @@ class Trainer:
         )
         self.log.write(kind="end", **vars(result))
         self.log.close()
+        distributed.teardown(self.world)
         return result
 
     def _updates(self, epoch: int, skip: int = 0) -> Iterator[list[Batch]]:
@@ -250,23 +290,47 @@ class Trainer:
             self.cfg.max_tokens,
             seed=self.recipe.seed * 100_003 + epoch,
         )
+        # Every rank computes the same order and takes its share of each global update; the
+        # global batch of an update is `world size × accum_steps` batches.
         k = self.cfg.accum_steps
-        for i in range(skip * k, len(batches) - k + 1, k):
-            yield [collate(self.train_data, b) for b in batches[i : i + k]]
+        n = self.world.size
+        per_update = k * n
+        for i in range(skip * per_update, len(batches) - per_update + 1, per_update):
+            mine = batches[i + self.world.rank * k : i + (self.world.rank + 1) * k]
+            yield [collate(self.train_data, b) for b in mine]
 
     def _update(self, group: list[Batch]) -> tuple[torch.Tensor, int]:
         """One optimizer step over `accum_steps` batches; the loss is per target token of all."""
         self.model.train()
         n_tokens = sum(b.n_tgt_tokens for b in group)
+        if self.world.active:
+            # The loss is normalised by the target tokens of the global batch; the same
+            # collective tells every rank whether any of them was asked to stop.
+            n_tokens, stop = distributed.all_sum(
+                [float(n_tokens), float(self.interrupted is not None)], self.world, self.device
+            )
+            n_tokens = int(n_tokens)
+            if stop and not self.interrupted:
+                self.interrupted = "SIGTERM"
+        # DDP averages gradients over ranks; scaling by the world size makes that a sum.
+        scale = self.world.size / n_tokens
         lr = inverse_sqrt_lr(self.step + 1, self.cfg.lr, self.cfg.warmup_steps)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         total = torch.zeros((), device=self.device)
-        for batch in group:
+        for i, batch in enumerate(group):
             batch = batch.to(self.device)
-            with autocast(self.device, self.precision):
-                loss = batch_loss(self.model, batch, self.cfg.label_smoothing)
-            self.scaler.scale(loss / n_tokens).backward()
+            last = i == len(group) - 1
+            # Synchronise gradients once per update, on its last batch.
+            sync = contextlib.nullcontext()
+            if self.world.active and not last:
+                sync = self.loss_module.no_sync()
+            with sync:
+                with autocast(self.device, self.precision):
+                    loss = self.loss_module(
+                        batch.src, batch.tgt_in, batch.tgt_out, batch.target_positions
+                    )
+                self.scaler.scale(loss * scale).backward()
             total += loss.detach()
         if self.cfg.clip_norm > 0:
             self.scaler.unscale_(self.optimizer)
@@ -292,6 +356,11 @@ class Trainer:
         return total / max(tokens, 1)
 
     def _validate(self) -> bool:
+        """Rank 0 validates and saves; every rank learns whether to stop early."""
+        stop = self._validate_and_save() if self.world.is_main else False
+        return distributed.broadcast_flag(stop, self.world, self.device)
+
+    def _validate_and_save(self) -> bool:
         """Loss, perplexity and BLEU on the validation set; saves checkpoints.
 
         Returns True when `patience` validations in a row brought no better BLEU.
