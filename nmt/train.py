@@ -166,6 +166,8 @@ class Trainer:
         self.last_bleu = -1.0
         self.bad_validations = 0
         self.interrupted: str | None = None  # the signal that asked us to stop
+        self.nonfinite_skipped = 0  # updates skipped for inf/NaN gradients
+        self.oom_skipped = 0  # updates skipped for running out of GPU memory
         if self.resume_from is not None:
             self._restore(self.resume_from)
         if self.world.rank > 0:
@@ -236,6 +238,8 @@ class Trainer:
                             "loss": loss_total / max(window_tokens, 1),
                             "lr": self.optimizer.param_groups[0]["lr"],
                             "tgt_tokens_per_s": window_tokens / elapsed,
+                            "skipped_nonfinite": self.nonfinite_skipped,
+                            "skipped_oom": self.oom_skipped,
                         }
                         self.log.write(kind="train", **record)
                         bar.update(
@@ -318,25 +322,56 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         total = torch.zeros((), device=self.device)
-        for i, batch in enumerate(group):
-            batch = batch.to(self.device)
-            last = i == len(group) - 1
-            # Synchronise gradients once per update, on its last batch.
-            sync = contextlib.nullcontext()
-            if self.world.active and not last:
-                sync = self.loss_module.no_sync()
-            with sync:
-                with autocast(self.device, self.precision):
-                    loss = self.loss_module(
-                        batch.src, batch.tgt_in, batch.tgt_out, batch.target_positions
-                    )
-                self.scaler.scale(loss * scale).backward()
-            total += loss.detach()
-        if self.cfg.clip_norm > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        try:
+            for i, batch in enumerate(group):
+                batch = batch.to(self.device)
+                last = i == len(group) - 1
+                # Synchronise gradients once per update, on its last batch.
+                sync = contextlib.nullcontext()
+                if self.world.active and not last:
+                    sync = self.loss_module.no_sync()
+                with sync:
+                    with autocast(self.device, self.precision):
+                        loss = self.loss_module(
+                            batch.src, batch.tgt_in, batch.tgt_out, batch.target_positions
+                        )
+                    self.scaler.scale(loss * scale).backward()
+                total += loss.detach()
+        except torch.cuda.OutOfMemoryError:
+            if self.world.active:
+                raise  # the other ranks are waiting in a collective: skipping would hang them
+            # A rare long batch ran out of GPU memory: drop it and go on.
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.oom_skipped += 1
+            sizes = "+".join(
+                f"{b.src.shape[0]}x{max(b.src.shape[1], b.tgt_in.shape[1])}" for b in group
+            )
+            log.warning(
+                f"step {self.step + 1}: out of memory on a batch of {sizes} tokens; skipped "
+                f"({self.oom_skipped} so far). Lower train.max_tokens if this recurs."
+            )
+            return torch.zeros((), device=self.device), 0
+        self.scaler.unscale_(self.optimizer)  # a no-op without fp16 loss scaling
+        clip = self.cfg.clip_norm if self.cfg.clip_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if self.scaler.is_enabled():
+            # fp16: the scaler skips the step itself when it found inf/NaN, and lowers its scale.
+            scale_before = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < scale_before
+        else:
+            skipped = not torch.isfinite(norm).item()
+            if not skipped:
+                self.optimizer.step()
+        if skipped:
+            self.nonfinite_skipped += 1
+            log.warning(
+                f"step {self.step + 1}: gradients are not finite; update skipped "
+                f"({self.nonfinite_skipped} so far)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         return total, n_tokens
 
@@ -416,6 +451,7 @@ class Trainer:
                 "best_bleu": self.best_bleu,
                 "last_bleu": self.last_bleu,
                 "bad_validations": self.bad_validations,
+                "skipped": [self.nonfinite_skipped, self.oom_skipped],
                 "rng": {
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -435,6 +471,7 @@ class Trainer:
         self.best_bleu = state["best_bleu"]
         self.last_bleu = state.get("last_bleu", self.best_bleu)
         self.bad_validations = state.get("bad_validations", 0)
+        self.nonfinite_skipped, self.oom_skipped = state.get("skipped", [0, 0])
         rng = state.get("rng", {})
         if "torch" in rng:
             torch.set_rng_state(rng["torch"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -87,3 +88,57 @@ def test_accumulating_two_halves_equals_one_full_batch(trainer_recipe):
     for name, a, b in zip(names, grads_full, grads_halves):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4, msg=name)
     assert sum(float(g.abs().sum()) for g in grads_full) > 0
+
+
+class _Faulty(torch.nn.Module):
+    """Wraps the loss module; call number `at` fails the way `fault` says."""
+
+    def __init__(self, inner: torch.nn.Module, at: int, fault: str) -> None:
+        super().__init__()
+        self.inner, self.at, self.fault, self.calls = inner, at, fault, 0
+
+    def forward(self, *args):
+        self.calls += 1
+        loss = self.inner(*args)
+        if self.calls == self.at:
+            if self.fault == "oom":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+            return loss * float("nan")
+        return loss
+
+
+def _weights(trainer: Trainer) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in trainer.model.parameters()]
+
+
+@pytest.mark.parametrize("fault", ["nan", "oom"])
+def test_faulty_update_is_skipped_and_counted(trainer_recipe, fault):
+    trainer = Trainer(trainer_recipe, force=True, progress=False)
+    trainer.loss_module = _Faulty(trainer.loss_module, at=1, fault=fault)
+    before = _weights(trainer)
+    batch = collate(trainer.train_data, list(range(8)))
+    trainer._update([batch])
+    assert all(torch.equal(a, b) for a, b in zip(before, _weights(trainer)))
+    assert (trainer.nonfinite_skipped, trainer.oom_skipped) == (
+        (1, 0) if fault == "nan" else (0, 1)
+    )
+    assert all(p.grad is None for p in trainer.model.parameters())
+    trainer._update([batch])  # the next update is applied as usual
+    assert not all(torch.equal(a, b) for a, b in zip(before, _weights(trainer)))
+
+
+def test_training_goes_on_after_an_out_of_memory_batch(tmp_path, small_corpus, trainer_recipe):
+    recipe = config.from_dict(
+        tiny_recipe(
+            small_corpus,
+            tmp_path / "run",
+            data={"prepared_dir": str(trainer_recipe.prepared_dir)},
+            train={"max_steps": 6, "valid_every": 6, "log_every": 2},
+        )
+    )
+    trainer = Trainer(recipe, progress=False)
+    trainer.loss_module = _Faulty(trainer.loss_module, at=3, fault="oom")
+    result = trainer.train()
+    assert result.steps == 6
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    assert [r["skipped_oom"] for r in records if r["kind"] == "train"] == [0, 1, 1]
