@@ -35,6 +35,14 @@ def save(state: dict[str, Any], path: Path) -> None:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise NmtError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
+    except RuntimeError as e:
+        tmp.unlink(missing_ok=True)
+        if "write" not in str(e):
+            raise
+        # torch.save's zip writer reports a full disk as a RuntimeError.
+        raise NmtError(
+            f"cannot write checkpoint {path}: write failed (is the disk full?)"
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
