@@ -241,4 +241,9 @@ def score(
 
 
 def main() -> None:
-    app(prog_name="nmt")
+    try:
+        app(prog_name="nmt")
+    except KeyboardInterrupt:
+        # Ctrl-C outside training: lines already printed are whole, -o files untouched.
+        stderr.print("interrupted")
+        raise SystemExit(130) from None
