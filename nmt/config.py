@@ -360,7 +360,8 @@ def read_yaml(path: Path) -> dict:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise NmtError(f"invalid YAML in {path}{where}: {e.problem}") from None
     except yaml.YAMLError as e:
-        raise NmtError(f"invalid YAML in {path}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise NmtError(f"invalid YAML in {path}: {first}") from None
     if tree is None:
         return {}
     if not isinstance(tree, dict):

@@ -49,7 +49,7 @@ def read_lines(path: Path) -> Iterator[str]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
                 raise NmtError(
-                    f"{path}, line {number}: not valid UTF-8 (byte {e.start}); "
+                    f"{path}, line {number}: not valid UTF-8 (byte {e.start + 1} of the line); "
                     "convert the file to UTF-8"
                 ) from None
             yield line.rstrip("\r\n")

@@ -113,9 +113,11 @@ def train_sentencepiece(
                     "tokenizer.character_coverage"
                 ) from None
             if "Vocabulary size" in message:
+                most = re.search(r"<= (\d+)", message)
+                limit = f"at most {most.group(1)} fit" if most else message
                 raise NmtError(
-                    f"tokenizer.vocab_size={cfg.vocab_size} is too large for this corpus: "
-                    f"{message} Lower tokenizer.vocab_size."
+                    f"tokenizer.vocab_size={cfg.vocab_size} is too large for this corpus "
+                    f"({limit}); lower tokenizer.vocab_size"
                 ) from None
             raise NmtError(f"SentencePiece training failed: {message}") from None
     return Tokenizer.from_file(Path(f"{model_prefix}.model"))

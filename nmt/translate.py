@@ -43,7 +43,10 @@ def model_from_checkpoint(
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
+        # The first line only says "Error(s) in loading state_dict"; the next one says which.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 else lines[0]
+        first = first if len(first) < 200 else first[:200] + "..."
         raise NmtError(
             f"{path}: weights do not match the model its recipe describes ({first})"
         ) from None

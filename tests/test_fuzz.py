@@ -67,3 +67,22 @@ def test_recipe_loader_random_structures(tmp_path_factory, tree):
         config.load(path)
     except NmtError as e:
         assert "\n" not in str(e)
+
+
+@FUZZ
+@given(st.binary(max_size=400))
+def test_translate_cli_random_bytes_on_stdin(trained_run, raw):
+    from typer.testing import CliRunner
+
+    from nmt.cli import app
+
+    result = CliRunner().invoke(
+        app, ["translate", str(trained_run), "--greedy", "--max-len-b", "3"], input=raw
+    )
+    if result.exit_code == 0:
+        # One output line per input line (a final line without newline counts too).
+        n_lines = len(raw.split(b"\n")) - (1 if raw.endswith(b"\n") or not raw else 0)
+        assert len(result.stdout.split("\n")) - 1 == n_lines
+    else:
+        assert result.exit_code == 2, result.output
+        assert result.stderr.startswith("error: ") and "Traceback" not in result.output
