@@ -84,3 +84,39 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
     if state["format"] != FORMAT:
         raise NmtError(f"{path} has checkpoint format {state['format']}; this nmt reads {FORMAT}")
     return state
+
+
+def step_checkpoints(run_dir: Path) -> list[Path]:
+    """The run folder's step_<N>.pt files, oldest first."""
+    found = []
+    for p in Path(run_dir).glob("step_*.pt"):
+        suffix = p.stem.removeprefix("step_")
+        if suffix.isdigit():
+            found.append((int(suffix), p))
+    return [p for _, p in sorted(found)]
+
+
+def average(paths: list[Path]) -> dict[str, Any]:
+    """The element-wise mean of the checkpoints' weights (accumulated in float64), with the
+    first checkpoint's recipe and tokenizers. All must share the model and the tokenizers."""
+    if not paths:
+        raise NmtError("no checkpoints to average")
+    first = load(paths[0])
+    sums = {k: v.double() for k, v in first["model"].items()}
+    for path in paths[1:]:
+        state = load(path)
+        if state["recipe"]["model"] != first["recipe"]["model"]:
+            raise NmtError(f"{path} has another model than {paths[0]}; only average one model")
+        if state["tokenizers"] != first["tokenizers"]:
+            raise NmtError(f"{path} has other tokenizers than {paths[0]}; only average one model")
+        if state["model"].keys() != sums.keys():
+            raise NmtError(f"{path} has other weights than {paths[0]}")
+        for k, v in state["model"].items():
+            sums[k] += v.double()
+    model = {k: (v / len(paths)).to(first["model"][k].dtype) for k, v in sums.items()}
+    return {
+        "model": model,
+        "recipe": first["recipe"],
+        "tokenizers": first["tokenizers"],
+        "averaged": [str(p) for p in paths],
+    }

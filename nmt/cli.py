@@ -207,6 +207,44 @@ def _write_atomically(path: Path, lines: Iterator[str]) -> None:
 
 
 @app.command()
+def average(
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Checkpoint files, or one run folder (with --last).", show_default=False
+        ),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The averaged checkpoint.")],
+    last: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Average the run folder's last N step_<N>.pt (see train.keep_last)."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing output file.")] = False,
+) -> None:
+    """Average the weights of several checkpoints of one model into one checkpoint."""
+    from nmt import checkpoint as ckpt
+
+    with user_errors():
+        paths = list(checkpoints)
+        if last is not None:
+            if len(paths) != 1 or not paths[0].is_dir():
+                raise NmtError("--last N takes one run folder")
+            found = ckpt.step_checkpoints(paths[0])
+            if len(found) < last:
+                raise NmtError(
+                    f"{paths[0]} has {len(found)} step checkpoints, fewer than --last {last}; "
+                    "keep more with train.keep_last"
+                )
+            paths = found[-last:]
+        if output.exists() and not force:
+            raise NmtError(f"{output} exists; use --force to replace it")
+        if not output.parent.is_dir():
+            raise NmtError(f"output folder does not exist: {output.parent}")
+        ckpt.save(ckpt.average(paths), output)
+        stderr.print(f"averaged {len(paths)} checkpoints into {output}")
+
+
+@app.command()
 def score(
     hypothesis: Annotated[Path, typer.Argument(help="System output, one sentence per line.")],
     reference: Annotated[

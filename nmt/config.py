@@ -142,6 +142,7 @@ class TrainConfig:
     max_steps: int = 100_000
     max_epochs: int = 100
     patience: int = 10  # validations without a better BLEU before stopping; 0 disables
+    keep_last: int = 0  # also keep step_<N>.pt of the last N validations (for `nmt average`)
     valid_every: int = 1000
     log_every: int = 50
     valid_search: Literal["greedy", "beam"] = "greedy"
@@ -163,6 +164,7 @@ class TrainConfig:
         _require(self.clip_norm >= 0, "train.clip_norm", "must be >= 0")
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
         _require(self.patience >= 0, "train.patience", "must be >= 0")
+        _require(self.keep_last >= 0, "train.keep_last", "must be >= 0")
         _require(self.threads >= 0, "train.threads", "must be >= 0")
 
 

@@ -416,6 +416,13 @@ class Trainer:
         self._save("last.pt")
         if improved:
             self._save("best.pt")
+        if self.cfg.keep_last:
+            # The weights alone: what averaging needs, at a fraction of last.pt's size.
+            checkpoint.save(
+                self._state(with_training_state=False), self.run_dir / f"step_{self.step}.pt"
+            )
+            for old in checkpoint.step_checkpoints(self.run_dir)[: -self.cfg.keep_last]:
+                old.unlink()
         record = {
             "step": self.step,
             "epoch": self.epoch,
@@ -435,30 +442,35 @@ class Trainer:
         return patience > 0 and self.bad_validations >= patience
 
     def _save(self, name: str) -> None:
-        checkpoint.save(
-            {
-                "model": self.model.state_dict(),
-                "recipe": config.to_dict(self.recipe),
-                "tokenizers": {
-                    "src": self.prepared.src_tok.proto,
-                    "tgt": self.prepared.tgt_tok.proto,
-                },
-                "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict(),
-                "step": self.step,
-                "epoch": self.epoch,
-                "epoch_updates": self.epoch_updates,
-                "best_bleu": self.best_bleu,
-                "last_bleu": self.last_bleu,
-                "bad_validations": self.bad_validations,
-                "skipped": [self.nonfinite_skipped, self.oom_skipped],
-                "rng": {
-                    "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                },
+        checkpoint.save(self._state(), self.run_dir / name)
+
+    def _state(self, with_training_state: bool = True) -> dict:
+        state = {
+            "model": self.model.state_dict(),
+            "recipe": config.to_dict(self.recipe),
+            "tokenizers": {
+                "src": self.prepared.src_tok.proto,
+                "tgt": self.prepared.tgt_tok.proto,
             },
-            self.run_dir / name,
-        )
+            "step": self.step,
+        }
+        if not with_training_state:
+            return state
+        return {
+            **state,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "epoch_updates": self.epoch_updates,
+            "best_bleu": self.best_bleu,
+            "last_bleu": self.last_bleu,
+            "bad_validations": self.bad_validations,
+            "skipped": [self.nonfinite_skipped, self.oom_skipped],
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        }
 
     def _restore(self, state: dict) -> None:
         """Continue exactly where `state` (a last.pt) stopped: weights, optimizer, gradient
