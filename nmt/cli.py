@@ -60,6 +60,7 @@ def _setup(
         handlers=[RichHandler(console=stderr, show_time=False, show_path=False, markup=False)],
         force=True,
     )
+    logging.getLogger("sacrebleu").setLevel(logging.WARNING)  # its progress chatter
 
 
 @app.command()
@@ -261,15 +262,53 @@ def score(
         typer.Option(help="BLEU tokenizer (sacrebleu's --tokenize) [default: 13a]."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    compare: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Option(
+            help="Another system to test against HYPOTHESIS, the baseline (repeatable): "
+            "scores with 95% confidence intervals and p-values.",
+            show_default=False,
+        ),
+    ] = None,
+    test: Annotated[
+        str,
+        typer.Option(help="With --compare: bs (paired bootstrap) or ar (approx. randomization)."),
+    ] = "bs",
+    samples: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Resamples for --compare [default: 1000 for bs, 10000 for ar]."),
+    ] = None,
 ) -> None:
-    """Score a hypothesis file against references with sacrebleu (BLEU, chrF, TER)."""
-    from nmt.score import METRICS, score_files
+    """Score a hypothesis file against references with sacrebleu (BLEU, chrF, chrF++, TER)."""
+    from nmt.score import METRICS, compare_files, score_files
 
     with user_errors():
         names = [m.strip().lower() for m in metrics.split(",") if m.strip()]
         for name in names:
             if name not in METRICS:
                 raise NmtError(f"unknown metric '{name}'; choose from {', '.join(METRICS)}")
+        if compare:
+            rows, signatures = compare_files(
+                hypothesis, compare, reference, names, test, samples, lowercase, tokenize
+            )
+            if as_json:
+                print(
+                    json.dumps(
+                        {"results": [r.as_dict() for r in rows], "signatures": signatures}, indent=2
+                    )
+                )
+                return
+            for r in rows:
+                p = (
+                    "baseline"
+                    if r.p_value is None
+                    else f"p = {r.p_value:.4f}" + ("*" if r.p_value < 0.05 else "")
+                )
+                ci = f" ({r.mean:.2f} ± {r.ci:.2f})" if r.ci is not None else ""
+                print(f"{r.metric}\t{r.score:.2f}{ci}\t{p}\t{r.system}")
+            for metric_name, signature in signatures.items():
+                print(f"{metric_name}: {signature}")
+            return
         results = score_files(hypothesis, reference, names, lowercase, tokenize)
         if as_json:
             print(json.dumps([r.as_dict() for r in results], indent=2))

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF, TER
+from sacrebleu.significance import PairedTest
 
 from nmt.data import read_lines
 from nmt.errors import NmtError
 
-METRICS = ("bleu", "chrf", "ter")
+METRICS = ("bleu", "chrf", "chrf++", "ter")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ def _metric(name: str, lowercase: bool, tokenize: str | None):
         return BLEU(lowercase=lowercase, tokenize=tokenize)
     if name == "chrf":
         return CHRF(lowercase=lowercase)
+    if name == "chrf++":
+        return CHRF(lowercase=lowercase, word_order=2)
     if name == "ter":
         # sacrebleu's TER ignores case by default (its CLI too); keep its signatures equal.
         return TER(case_sensitive=False)
@@ -88,3 +91,65 @@ def score_files(
         if len(lines) != len(hyps):
             raise NmtError(f"{path} has {len(lines)} lines but {hyp} has {len(hyps)}")
     return score_lines(hyps, ref_lines, metrics, lowercase, tokenize)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One system's score in a paired significance test against the baseline (the first)."""
+
+    system: str
+    metric: str
+    score: float
+    mean: float | None  # bootstrap estimate of the true score (bs only)
+    ci: float | None  # half-width of its 95% confidence interval (bs only)
+    p_value: float | None  # None for the baseline itself
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def compare_files(
+    baseline: Path,
+    systems: Sequence[Path],
+    refs: Sequence[Path],
+    metrics: Sequence[str] = ("bleu",),
+    test: str = "bs",
+    samples: int | None = None,
+    lowercase: bool = False,
+    tokenize: str | None = None,
+) -> tuple[list[Comparison], dict[str, str]]:
+    """Paired bootstrap resampling (`bs`, 1000 samples by default) or approximate randomization
+    (`ar`, 10000) of each system against the baseline, through sacrebleu, with its defaults
+    (seed 12345), so the numbers equal `sacrebleu REF -i BASE SYS... --paired-bs`."""
+    if test not in ("bs", "ar"):
+        raise NmtError(f"unknown significance test '{test}'; use bs or ar")
+    hyps = [read_for_scoring(p) for p in (baseline, *systems)]
+    ref_lines = [read_for_scoring(r) for r in refs]
+    for path, lines in zip((baseline, *systems), hyps):
+        for ref_path, ref in zip(refs, ref_lines):
+            if len(lines) != len(ref):
+                raise NmtError(f"{ref_path} has {len(ref)} lines but {path} has {len(lines)}")
+    names = [str(p) for p in (baseline, *systems)]
+    n = samples if samples is not None else (1000 if test == "bs" else 10000)
+    paired = PairedTest(
+        list(zip(names, hyps)),
+        {m: _metric(m, lowercase, tokenize) for m in metrics},
+        references=ref_lines,
+        test_type=test,
+        n_samples=n,
+    )
+    signatures, table = paired()
+    results = []
+    for metric_name, metric_results in ((k, v) for k, v in table.items() if k != "System"):
+        for name, r in zip(names, metric_results):
+            results.append(
+                Comparison(
+                    name,
+                    metric_name,
+                    float(r.score),
+                    None if r.mean is None else float(r.mean),
+                    None if r.ci is None else float(r.ci),
+                    None if r.p_value is None else float(r.p_value),
+                )
+            )
+    return results, {k: str(v) for k, v in signatures.items()}

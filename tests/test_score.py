@@ -117,3 +117,93 @@ def test_line_count_mismatch_and_unknown_metric(files, tmp_path):
     result = runner.invoke(app, ["score", str(tmp_path / "missing"), "-r", str(files["ref"])])
     assert result.exit_code == 2
     assert "file not found" in result.stderr
+
+
+def sacrebleu_paired_table(refs: list[Path], systems: list[Path], test: str) -> list[list[float]]:
+    """The numbers in the rows of sacrebleu's paired-test table, one list per system:
+    bs: [score, mean, ci] per metric, then the p-values; ar: the scores, then the p-values."""
+    import re
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sacrebleu",
+            *map(str, refs),
+            "-i",
+            *map(str, systems),
+            "-m",
+            "bleu",
+            "chrf",
+            f"--paired-{test}",
+            "-f",
+            "text",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows: list[list[float]] = []
+    for line in out.splitlines():
+        if not line.startswith("│") or "System" in line:
+            continue
+        numbers = [float(x) for x in re.findall(r"\d+\.\d+", line)]
+        if "p =" in line:
+            rows[-1] += numbers
+        elif numbers:
+            rows.append(numbers)
+    return rows
+
+
+@pytest.mark.parametrize("test", ["bs", "ar"])
+def test_compare_equals_sacrebleu_paired_test(files, tmp_path, test):
+    # A second system: the hypotheses with every third line replaced by its reference.
+    hyps = files["hyp"].read_text(encoding="utf-8").splitlines()
+    refs = files["ref2"].read_text(encoding="utf-8").splitlines()
+    better = tmp_path / "better.txt"
+    lines = [r if i % 3 == 0 else h for i, (h, r) in enumerate(zip(hyps, refs))]
+    better.write_text("\n".join(lines) + "\n")
+    expected = sacrebleu_paired_table([files["ref2"]], [files["hyp"], better], test)
+    result = runner.invoke(
+        app,
+        [
+            "score",
+            str(files["hyp"]),
+            "-r",
+            str(files["ref2"]),
+            "-m",
+            "bleu,chrf",
+            "--compare",
+            str(better),
+            "--test",
+            test,
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    by = {(r["metric"], r["system"]): r for r in json.loads(result.stdout)["results"]}
+    width = 3 if test == "bs" else 1  # bs shows score (mean ± ci), ar the score alone
+    for row, system in zip(expected, [files["hyp"], better]):
+        ours = []
+        for metric in ("BLEU", "chrF2"):
+            r = by[(metric, str(system))]
+            ours += [round(r["score"], 1)]
+            if width == 3:
+                ours += [round(r["mean"], 1), round(r["ci"], 1)]
+        assert ours == pytest.approx(row[: 2 * width], abs=0.051)
+        p_values = [by[(m, str(system))]["p_value"] for m in ("BLEU", "chrF2")]
+        if system == better:
+            assert [round(p, 4) for p in p_values] == row[2 * width :]
+            assert min(p_values) < 0.05  # a third of the lines made perfect: a real difference
+        else:
+            assert p_values == [None, None] and len(row) == 2 * width
+
+
+def test_chrf_plus_plus_equals_sacrebleu(files):
+    expected = sacrebleu_cli([files["ref"]], files["hyp"], "-m", "chrf", "--chrf-word-order", "2")[
+        0
+    ]
+    ours = score_files(files["hyp"], [files["ref"]], ["chrf++"])[0]
+    assert ours.score == pytest.approx(expected["score"], abs=0.05)
+    assert ours.signature == expected["signature"]
+    assert ours.name == "chrF2++"
