@@ -152,6 +152,17 @@ def translate(
         Optional[int],  # noqa: UP045
         typer.Option(help="Source tokens per batch [default: recipe's]."),
     ] = None,
+    nbest: Annotated[
+        int, typer.Option(help="Translations per input line (beam search keeps at least as many).")
+    ] = 1,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            help="text: one line per input line (with --nbest N: N lines 'index<TAB>score<TAB>"
+            "translation'); jsonl: one JSON object per input line with the source and the "
+            "n-best translations and scores."
+        ),
+    ] = "text",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[
         str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")
@@ -177,13 +188,39 @@ def translate(
             max_len_b=max_len_b,
             batch_tokens=batch_tokens,
         )
+        if output_format not in ("text", "jsonl"):
+            raise NmtError(f"unknown --output-format '{output_format}'; use text or jsonl")
+        if nbest < 1:
+            raise NmtError("--nbest must be at least 1")
         lines = read_lines(input) if input is not None else _stdin_lines()
+        records = translator.stream_nbest(lines, nbest)
+        formatted = (
+            _format_jsonl(records) if output_format == "jsonl" else _format_text(records, nbest)
+        )
         if output is None:
-            for line in translator.stream(lines):
+            for line in formatted:
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()
         else:
-            _write_atomically(output, translator.stream(lines))
+            _write_atomically(output, formatted)
+
+
+def _format_text(records: Iterator, nbest: int) -> Iterator[str]:
+    for index, (_, translations) in enumerate(records):
+        if nbest == 1:
+            yield translations[0].text
+        else:
+            for t in translations:
+                yield f"{index}\t{t.norm_score:.4f}\t{t.text}"
+
+
+def _format_jsonl(records: Iterator) -> Iterator[str]:
+    for index, (source, translations) in enumerate(records):
+        nbest = [
+            {"translation": t.text, "score": t.score, "norm_score": t.norm_score}
+            for t in translations
+        ]
+        yield json.dumps({"id": index, "source": source, "nbest": nbest}, ensure_ascii=False)
 
 
 def _stdin_lines() -> Iterator[str]:

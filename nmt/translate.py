@@ -11,6 +11,7 @@ import dataclasses
 import itertools
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from nmt.data import pad_sequences
 from nmt.device import Precision, autocast, resolve_device, resolve_precision
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq, build_model
-from nmt.search import beam_search, greedy_search
+from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.tokenizer import EOS, Tokenizer
 
 log = logging.getLogger("nmt")
@@ -51,6 +52,13 @@ def model_from_checkpoint(
             f"{path}: weights do not match the model its recipe describes ({first})"
         ) from None
     return recipe, model, src_tok, tgt_tok
+
+
+@dataclass(frozen=True)
+class Translation:
+    text: str
+    score: float  # sum of the token log-probabilities, EOS included
+    norm_score: float  # the score search ranks by (after the length penalty)
 
 
 class Translator:
@@ -97,22 +105,26 @@ class Translator:
                 ids[i] = seq[:limit]
         return ids
 
-    def _decode_batch(self, batch: list[list[int]]) -> list[list[int]]:
+    def _decode_batch(self, batch: list[list[int]], nbest: int) -> list[list[Hypothesis]]:
         src = pad_sequences([torch.tensor(s) for s in batch], None, EOS).to(self.device)
         d = self.decode
         with autocast(self.device, self.precision):
             if d.method == "greedy":
-                hyps = greedy_search(self.model, src, d.max_len_a, d.max_len_b)
-            else:
-                best = beam_search(
-                    self.model, src, d.beam_size, d.length_penalty, d.max_len_a, d.max_len_b
-                )
-                hyps = [h[0] for h in best]
-        return [h.tokens for h in hyps]
+                return [[h] for h in greedy_search(self.model, src, d.max_len_a, d.max_len_b)]
+            return beam_search(
+                self.model,
+                src,
+                max(d.beam_size, nbest),
+                d.length_penalty,
+                d.max_len_a,
+                d.max_len_b,
+                nbest=nbest,
+            )
 
-    def translate(self, lines: list[str]) -> list[str]:
-        """Translate a list of sentences; returns one output line per input line, in order."""
-        outputs = [""] * len(lines)
+    def translate_nbest(self, lines: list[str], nbest: int = 1) -> list[list[Translation]]:
+        """Each input line's `nbest` best translations (one for greedy), best first; an empty
+        line gets one empty translation without touching the model."""
+        outputs: list[list[Translation]] = [[Translation("", 0.0, 0.0)] for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         ids = self._encode([lines[i] for i in todo])
         # Longest first: the costliest batch runs (and fails, if memory is short) early.
@@ -127,12 +139,27 @@ class Translator:
                     width = new_width
                     continue
             if batch:
-                texts = self.tgt_tok.decode(self._decode_batch([ids[b] for b in batch]))
-                for b, text in zip(batch, texts):
-                    outputs[todo[b]] = text
+                hyp_lists = self._decode_batch([ids[b] for b in batch], nbest)
+                for b, hyps in zip(batch, hyp_lists):
+                    texts = self.tgt_tok.decode([h.tokens for h in hyps])
+                    outputs[todo[b]] = [
+                        Translation(t, h.score, h.norm_score) for t, h in zip(texts, hyps)
+                    ]
             if j is not None:
                 batch, width = [j], len(ids[j]) + 1
         return outputs
+
+    def translate(self, lines: list[str]) -> list[str]:
+        """Translate a list of sentences; returns one output line per input line, in order."""
+        return [best[0].text for best in self.translate_nbest(lines)]
+
+    def stream_nbest(
+        self, lines: Iterable[str], nbest: int = 1, buffer_lines: int = 1000
+    ) -> Iterator[tuple[str, list[Translation]]]:
+        """(source, n-best translations) per input line, buffer by buffer, in input order."""
+        it = iter(lines)
+        while buffer := [line.rstrip("\r\n") for line in itertools.islice(it, buffer_lines)]:
+            yield from zip(buffer, self.translate_nbest(buffer, nbest))
 
     def stream(self, lines: Iterable[str], buffer_lines: int = 1000) -> Iterator[str]:
         """Translate an iterable of lines buffer by buffer, yielding outputs in input order."""

@@ -212,3 +212,41 @@ def test_checkpoint_from_another_model_is_refused(trained_run, tmp_path):
     src = tmp_path / "in.txt"
     src.write_text("hello\n")
     assert_user_error(nmt("translate", other, "-i", src), "weights do not match")
+
+
+def test_translate_nbest_and_jsonl(trained_run):
+    lines = ["The dog laughed.", "", "A cat saw the boy."]
+    text = "\n".join(lines) + "\n"
+    one_best = nmt("translate", trained_run, "--beam-size", "4", input=text).stdout.splitlines()
+    result = nmt(
+        "translate",
+        trained_run,
+        "--beam-size",
+        "4",
+        "--nbest",
+        "3",
+        "--output-format",
+        "jsonl",
+        input=text,
+    )
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["id"] for r in records] == [0, 1, 2]
+    assert [r["source"] for r in records] == lines
+    assert records[1]["nbest"] == [{"translation": "", "score": 0.0, "norm_score": 0.0}]
+    for record, best in zip(records, one_best):
+        hyps = record["nbest"]
+        assert hyps[0]["translation"] == best
+        scores = [h["norm_score"] for h in hyps]
+        assert scores == sorted(scores, reverse=True)
+    assert len(records[0]["nbest"]) == 3
+    assert len({h["translation"] for h in records[0]["nbest"]}) > 1
+    # Text n-best: index, score, translation; N lines per non-empty input line.
+    plain = nmt(
+        "translate", trained_run, "--beam-size", "4", "--nbest", "3", input=text
+    ).stdout.splitlines()
+    assert [line.split("\t")[0] for line in plain] == ["0", "0", "0", "1", "2", "2", "2"]
+    assert_user_error(
+        nmt("translate", trained_run, "--output-format", "xml", input=text),
+        "unknown --output-format",
+    )
