@@ -136,6 +136,36 @@ def translate(
     greedy: Annotated[
         bool, typer.Option("--greedy", help="Greedy search instead of beam.")
     ] = False,
+    sample: Annotated[
+        bool,
+        typer.Option("--sample", help="Sample each token (see --temperature, --top-k, --top-p)."),
+    ] = False,
+    temperature: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(help="Sampling temperature [default: 1]."),
+    ] = None,
+    top_k: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Sample from the K most likely tokens only (0: all) [default: 0]."),
+    ] = None,
+    top_p: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            help="Nucleus sampling: the smallest set reaching this probability [default: 1]."
+        ),
+    ] = None,
+    seed: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Seed for --sample [default: 1]."),
+    ] = None,
+    min_len: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="No end of sentence before this many tokens [default: recipe's]."),
+    ] = None,
+    no_repeat_ngram: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Never repeat an n-gram of this size (0: off) [default: recipe's]."),
+    ] = None,
     length_penalty: Annotated[
         Optional[float],  # noqa: UP045
         typer.Option(help="GNMT length penalty alpha (0 disables) [default: recipe's]."),
@@ -181,7 +211,13 @@ def translate(
             checkpoint,
             device=device,
             precision=precision,
-            method="greedy" if greedy else None,
+            method="sample" if sample else "greedy" if greedy else None,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            sampling_seed=seed,
+            min_len=min_len,
+            no_repeat_ngram=no_repeat_ngram,
             beam_size=beam_size,
             length_penalty=length_penalty,
             max_len_a=max_len_a,

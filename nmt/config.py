@@ -170,12 +170,19 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DecodeConfig:
-    method: Literal["beam", "greedy"] = "beam"
+    method: Literal["beam", "greedy", "sample"] = "beam"
     beam_size: int = 5
     length_penalty: float = 1.0  # GNMT alpha; 0 ranks by raw log-probability
     max_len_a: float = 1.2  # output length limit: a * source length + b
     max_len_b: int = 10
+    min_len: int = 0  # no EOS before this many tokens
+    no_repeat_ngram: int = 0  # block repeating n-grams of this size; 0 disables
     batch_tokens: int = 4096  # source tokens per translation batch
+    # method: sample
+    temperature: float = 1.0
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0  # nucleus sampling; 1 disables
+    sampling_seed: int = 1
 
     def validate(self) -> None:
         _require(self.beam_size >= 1, "decode.beam_size", "must be >= 1")
@@ -183,6 +190,11 @@ class DecodeConfig:
         _require(self.max_len_a >= 0, "decode.max_len_a", "must be >= 0")
         _require(self.max_len_b >= 1, "decode.max_len_b", "must be >= 1")
         _require(self.batch_tokens >= 1, "decode.batch_tokens", "must be >= 1")
+        _require(self.min_len >= 0, "decode.min_len", "must be >= 0")
+        _require(self.no_repeat_ngram >= 0, "decode.no_repeat_ngram", "must be >= 0")
+        _require(self.temperature > 0, "decode.temperature", "must be > 0")
+        _require(self.top_k >= 0, "decode.top_k", "must be >= 0")
+        _require(0 < self.top_p <= 1, "decode.top_p", "must be in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -60,10 +60,65 @@ def _force_eos(lp: torch.Tensor, rows: list[int]) -> None:
         lp[at, EOS] = eos
 
 
+def _apply_constraints(
+    lp: torch.Tensor, tokens: torch.Tensor, step: int, min_len: int, no_repeat_ngram: int
+) -> None:
+    """No EOS before `min_len` tokens; no token that would repeat an n-gram of the row's own
+    output (`no_repeat_ngram` = n). `tokens` are the rows' outputs so far, BOS first."""
+    if step < min_len:
+        lp[:, EOS] = -math.inf
+    n = no_repeat_ngram
+    if n > 0 and step + 1 >= n:
+        history = tokens[:, 1:].tolist()
+        for row, seq in enumerate(history):
+            prefix = tuple(seq[len(seq) - n + 1 :]) if n > 1 else ()
+            banned = [
+                seq[i + n - 1]
+                for i in range(len(seq) - n + 1)
+                if tuple(seq[i : i + n - 1]) == prefix
+            ]
+            if banned:
+                lp[row, banned] = -math.inf
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Draws the next token from the model's distribution, sharpened or flattened by
+    `temperature`, restricted to the `top_k` most likely tokens and to the smallest set whose
+    probability reaches `top_p` (0 and 1 disable them)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+
+    def __call__(self, lp: torch.Tensor) -> torch.Tensor:
+        logits = lp / self.temperature
+        if self.top_k > 0:
+            kth = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        if self.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cumulative = sorted_logits.softmax(-1).cumsum(-1)
+            # Drop a token when the tokens before it already reach top_p (the first stays).
+            drop = (cumulative - sorted_logits.softmax(-1)) >= self.top_p
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -math.inf))
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+
+
 @torch.inference_mode()
 def greedy_search(
-    model: Seq2Seq, src: torch.Tensor, max_len_a: float = 1.2, max_len_b: int = 10
+    model: Seq2Seq,
+    src: torch.Tensor,
+    max_len_a: float = 1.2,
+    max_len_b: int = 10,
+    min_len: int = 0,
+    no_repeat_ngram: int = 0,
+    sampler: Sampler | None = None,
 ) -> list[Hypothesis]:
+    """The most likely token at each step or, with a `sampler`, a sampled one. Scores are the
+    model's own log-probabilities of the chosen tokens."""
     device = src.device
     limits = max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1)
     memory, pad_mask = model.encode(src)
@@ -74,8 +129,13 @@ def greedy_search(
     results: list[Hypothesis | None] = [None] * len(active)
     for step in range(max(limits) + 1):
         lp = _step_log_probs(model, tokens, memory, pad_mask, cache, step)
+        _apply_constraints(lp, tokens, step, min_len, no_repeat_ngram)
         _force_eos(lp, [row for row, s in enumerate(active) if step >= limits[s]])
-        best_lp, best = lp.max(dim=-1)
+        if sampler is None:
+            best_lp, best = lp.max(dim=-1)
+        else:
+            best = sampler(lp)
+            best_lp = lp.gather(1, best[:, None]).squeeze(1)
         scores = scores + best_lp
         tokens = torch.cat([tokens, best[:, None]], dim=1)
         done = best.eq(EOS).tolist()
@@ -108,6 +168,8 @@ def beam_search(
     max_len_a: float = 1.2,
     max_len_b: int = 10,
     nbest: int = 1,
+    min_len: int = 0,
+    no_repeat_ngram: int = 0,
 ) -> list[list[Hypothesis]]:
     """Returns, for each sentence, its `nbest` best finished hypotheses, best first.
 
@@ -132,6 +194,7 @@ def beam_search(
     for step in range(max(limits) + 1):
         lp = _step_log_probs(model, tokens, memory, pad_mask, cache, step)
         vocab = lp.shape[1]
+        _apply_constraints(lp, tokens, step, min_len, no_repeat_ngram)
         _force_eos(
             lp, [i * K + k for i, s in enumerate(active) if step >= limits[s] for k in range(K)]
         )

@@ -23,7 +23,7 @@ from nmt.data import pad_sequences
 from nmt.device import Precision, autocast, resolve_device, resolve_precision
 from nmt.errors import NmtError
 from nmt.model import Seq2Seq, build_model
-from nmt.search import Hypothesis, beam_search, greedy_search
+from nmt.search import Hypothesis, Sampler, beam_search, greedy_search
 from nmt.tokenizer import EOS, Tokenizer
 
 log = logging.getLogger("nmt")
@@ -77,6 +77,8 @@ class Translator:
         self.device = device
         self.precision = precision
         self.truncated = 0  # input lines cut to the model's longest source
+        # Sampling draws from its own seeded generator: the same seed, the same samples.
+        self.generator = torch.Generator(device=device).manual_seed(decode.sampling_seed)
 
     @classmethod
     def load(
@@ -109,8 +111,14 @@ class Translator:
         src = pad_sequences([torch.tensor(s) for s in batch], None, EOS).to(self.device)
         d = self.decode
         with autocast(self.device, self.precision):
-            if d.method == "greedy":
-                return [[h] for h in greedy_search(self.model, src, d.max_len_a, d.max_len_b)]
+            if d.method in ("greedy", "sample"):
+                sampler = None
+                if d.method == "sample":
+                    sampler = Sampler(d.temperature, d.top_k, d.top_p, self.generator)
+                hyps = greedy_search(
+                    self.model, src, d.max_len_a, d.max_len_b, d.min_len, d.no_repeat_ngram, sampler
+                )
+                return [[h] for h in hyps]
             return beam_search(
                 self.model,
                 src,
@@ -119,6 +127,8 @@ class Translator:
                 d.max_len_a,
                 d.max_len_b,
                 nbest=nbest,
+                min_len=d.min_len,
+                no_repeat_ngram=d.no_repeat_ngram,
             )
 
     def translate_nbest(self, lines: list[str], nbest: int = 1) -> list[list[Translation]]:

@@ -250,3 +250,13 @@ def test_translate_nbest_and_jsonl(trained_run):
         nmt("translate", trained_run, "--output-format", "xml", input=text),
         "unknown --output-format",
     )
+
+
+def test_translate_sampling_through_cli_is_seeded(trained_run):
+    text = "The dog laughed.\nA cat saw the boy.\n"
+    args = ["translate", trained_run, "--sample", "--top-p", "0.9", "--temperature", "1.5"]
+    a = nmt(*args, "--seed", "7", input=text)
+    b = nmt(*args, "--seed", "7", input=text)
+    assert a.exit_code == 0, a.output
+    assert a.stdout == b.stdout and len(a.stdout.splitlines()) == 2
+    assert_user_error(nmt(*args, "--top-p", "0", input=text), "decode.top_p")

@@ -1,0 +1,129 @@
+"""Search options: n-gram blocking, minimum length, sampling (temperature, top-k, top-p)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from nmt.config import ModelConfig
+from nmt.model import build_model
+from nmt.search import Sampler, beam_search, greedy_search
+from nmt.tokenizer import EOS, PAD
+
+VOCAB = 12
+
+
+def repetitive_model() -> torch.nn.Module:
+    """A random tiny model, with EOS made unlikely so that outputs run long and repeat."""
+    torch.manual_seed(3)
+    cfg = ModelConfig(
+        d_model=16, heads=2, ff_dim=32, encoder_layers=1, decoder_layers=1, dropout=0.0
+    )
+    model = build_model(cfg, VOCAB, VOCAB, joint_vocab=True).eval()
+    with torch.no_grad():
+        model.tgt_embed.weight[EOS] *= 0.0
+    return model
+
+
+def source() -> torch.Tensor:
+    torch.manual_seed(4)
+    src = torch.randint(4, VOCAB, (4, 6))
+    src[1, 4:] = PAD
+    src[2, 2:] = PAD
+    return src
+
+
+def ngrams(tokens: list[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_no_repeat_ngram(n, search):
+    model, src = repetitive_model(), source()
+
+    def run(block: int):
+        if search == "greedy":
+            return [h.tokens for h in greedy_search(model, src, 1.0, 8, no_repeat_ngram=block)]
+        return [h[0].tokens for h in beam_search(model, src, 3, 1.0, 1.0, 8, no_repeat_ngram=block)]
+
+    unblocked = run(0)
+    # Without blocking these outputs do repeat (else the test would prove nothing).
+    assert any(len(set(ngrams(t, n))) < len(ngrams(t, n)) for t in unblocked)
+    for tokens in run(n):
+        assert len(set(ngrams(tokens, n))) == len(ngrams(tokens, n)), tokens
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_min_len(search):
+    torch.manual_seed(3)
+    cfg = ModelConfig(
+        d_model=16, heads=2, ff_dim=32, encoder_layers=1, decoder_layers=1, dropout=0.0
+    )
+    model = build_model(cfg, VOCAB, VOCAB, joint_vocab=True).eval()
+    with torch.no_grad():
+        model.tgt_embed.weight[EOS] *= 8.0  # EOS very likely: outputs end at once
+    src = source()
+    if search == "greedy":
+        short = [h.tokens for h in greedy_search(model, src, 1.0, 8)]
+        longer = [h.tokens for h in greedy_search(model, src, 1.0, 8, min_len=4)]
+    else:
+        short = [h[0].tokens for h in beam_search(model, src, 3, 1.0, 1.0, 8)]
+        longer = [h[0].tokens for h in beam_search(model, src, 3, 1.0, 1.0, 8, min_len=4)]
+    assert min(len(t) for t in short) < 4
+    assert all(len(t) >= 4 for t in longer)
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy():
+    model, src = repetitive_model(), source()
+    greedy = [h.tokens for h in greedy_search(model, src, 1.0, 8)]
+
+    def sample(seed: int, **options) -> list[list[int]]:
+        sampler = Sampler(generator=torch.Generator().manual_seed(seed), **options)
+        return [h.tokens for h in greedy_search(model, src, 1.0, 8, sampler=sampler)]
+
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+    assert sample(5, top_k=1) == greedy
+    assert sample(5, top_p=1e-6) == greedy
+    assert sample(5, temperature=1e-4) == greedy
+
+
+def _filtered_reference(
+    lp: list[float], temperature: float, top_k: int, top_p: float
+) -> list[float]:
+    """The sampling distribution, in float64 from its definition."""
+    logits = [x / temperature for x in lp]
+    order = sorted(range(len(logits)), key=lambda i: -logits[i])
+    keep = set(order[:top_k] if top_k else order)
+    z = sum(math.exp(logits[i]) for i in order)
+    mass = 0.0
+    nucleus = set()
+    for i in order:
+        if mass >= top_p:
+            break
+        nucleus.add(i)
+        mass += math.exp(logits[i]) / z
+    keep &= nucleus
+    total = sum(math.exp(logits[i]) for i in keep)
+    return [math.exp(logits[i]) / total if i in keep else 0.0 for i in range(len(logits))]
+
+
+@pytest.mark.parametrize(
+    ("temperature", "top_k", "top_p"),
+    [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 3, 1.0), (1.3, 0, 0.8), (1.0, 4, 0.6)],
+)
+def test_sampler_draws_from_the_filtered_distribution(temperature, top_k, top_p):
+    lp = torch.tensor([[-0.5, -1.0, -1.5, -2.0, -2.5, -3.0, -4.0]]).log_softmax(-1)
+    expected = _filtered_reference(lp[0].tolist(), temperature, top_k, top_p)
+    sampler = Sampler(temperature, top_k, top_p, torch.Generator().manual_seed(0))
+    n = 20_000
+    draws = sampler(lp.expand(n, -1))
+    freq = torch.bincount(draws, minlength=lp.shape[1]).double() / n
+    for f, p in zip(freq.tolist(), expected):
+        if p == 0.0:
+            assert f == 0.0
+        else:
+            assert abs(f - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-3
