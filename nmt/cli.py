@@ -118,8 +118,13 @@ def train(
 
 @app.command()
 def translate(
-    checkpoint: Annotated[
-        Path, typer.Argument(help="A checkpoint file, or a run folder (uses best.pt).")
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            help="A checkpoint file, or a run folder (uses best.pt); several make an ensemble "
+            "(their log-probabilities are averaged at each step).",
+            show_default=False,
+        ),
     ],
     input: Annotated[
         Optional[Path],  # noqa: UP045
@@ -208,7 +213,7 @@ def translate(
         if output is not None and not output.parent.is_dir():
             raise NmtError(f"output folder does not exist: {output.parent}")
         translator = Translator.load(
-            checkpoint,
+            checkpoints,
             device=device,
             precision=precision,
             method="sample" if sample else "greedy" if greedy else None,

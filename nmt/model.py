@@ -239,6 +239,51 @@ class Seq2Seq(nn.Module):
                 reorder_cache(site, order)
 
 
+class Ensemble(nn.Module):
+    """Models of one vocabulary decoded as one: at each step the search sees the mean of the
+    models' log-probabilities (renormalised by its log-softmax). It has the decoding interface
+    of Seq2Seq (encode, decode with a cache, new_cache, reorder), so every search works on it.
+    """
+
+    def __init__(self, models: list[Seq2Seq]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+        self.cfg = min((m.cfg for m in models), key=lambda c: c.max_positions)
+        self.widths = [m.cfg.d_model for m in models]
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # One memory tensor (the models' side by side) so searches can select and repeat rows.
+        outputs = [m.encode(src) for m in self.models]
+        return torch.cat([memory for memory, _ in outputs], dim=-1), outputs[0][1]
+
+    def decode(
+        self,
+        tgt_in: torch.Tensor,
+        memory: torch.Tensor,
+        src_pad_mask: torch.Tensor,
+        cache: list | None = None,
+        start: int = 0,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        log_probs, weights = [], []
+        for i, (model, part) in enumerate(zip(self.models, memory.split(self.widths, dim=-1))):
+            logits, w = model.decode(
+                tgt_in, part, src_pad_mask, None if cache is None else cache[i], start, need_weights
+            )
+            log_probs.append(F.log_softmax(logits.float(), dim=-1))
+            weights.append(w)
+        mean_weights = torch.stack(weights).mean(0) if need_weights else None
+        return torch.stack(log_probs).mean(0), mean_weights
+
+    def new_cache(self) -> list[DecoderCache]:
+        return [m.new_cache() for m in self.models]
+
+    @staticmethod
+    def reorder(cache: list[DecoderCache], order: torch.Tensor) -> None:
+        for model_cache in cache:
+            Seq2Seq.reorder(model_cache, order)
+
+
 def build_model(cfg: ModelConfig, src_vocab: int, tgt_vocab: int, joint_vocab: bool) -> Seq2Seq:
     return Seq2Seq(cfg, src_vocab, tgt_vocab, share_all=joint_vocab and cfg.share_all_embeddings)
 

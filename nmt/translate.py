@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from nmt.config import DecodeConfig, Recipe
 from nmt.data import pad_sequences
 from nmt.device import Precision, autocast, resolve_device, resolve_precision
 from nmt.errors import NmtError
-from nmt.model import Seq2Seq, build_model
+from nmt.model import Ensemble, Seq2Seq, build_model
 from nmt.search import Hypothesis, Sampler, beam_search, greedy_search
 from nmt.tokenizer import EOS, Tokenizer
 
@@ -64,7 +64,7 @@ class Translation:
 class Translator:
     def __init__(
         self,
-        model: Seq2Seq,
+        model: Seq2Seq | Ensemble,
         src_tok: Tokenizer,
         tgt_tok: Tokenizer,
         decode: DecodeConfig,
@@ -83,14 +83,30 @@ class Translator:
     @classmethod
     def load(
         cls,
-        path: str | Path,
+        path: str | Path | Sequence[str | Path],
         device: str = "auto",
         precision: str = "auto",
         **decode_overrides: Any,
     ) -> Translator:
+        """A translator for one checkpoint, or for an ensemble of several (the first one's
+        decoding settings apply)."""
         dev = resolve_device(device)
-        state = checkpoint.load(path)
-        recipe, model, src_tok, tgt_tok = model_from_checkpoint(state, path)
+        paths = [path] if isinstance(path, (str, Path)) else list(path)
+        if not paths:
+            raise NmtError("no checkpoint given")
+        state = checkpoint.load(paths[0])
+        recipe, model, src_tok, tgt_tok = model_from_checkpoint(state, paths[0])
+        if len(paths) > 1:
+            members = [model]
+            for other in paths[1:]:
+                other_state = checkpoint.load(other)
+                if other_state["tokenizers"] != state["tokenizers"]:
+                    raise NmtError(
+                        f"{other} has other vocabularies than {paths[0]}; an ensemble needs "
+                        "models trained with the same SentencePiece models"
+                    )
+                members.append(model_from_checkpoint(other_state, other)[1])
+            model = Ensemble(members)
         overrides = {k: v for k, v in decode_overrides.items() if v is not None}
         decode = dataclasses.replace(recipe.decode, **overrides)
         decode.validate()
