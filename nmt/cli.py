@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -198,6 +198,14 @@ def translate(
             "n-best translations and scores."
         ),
     ] = "text",
+    alignment: Annotated[
+        bool,
+        typer.Option(
+            "--alignment",
+            help="With --output-format jsonl: for each target subword, the source subword it "
+            "attends to most (last decoder layer's cross-attention, mean over heads).",
+        ),
+    ] = False,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[
         str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")
@@ -234,10 +242,14 @@ def translate(
         if nbest < 1:
             raise NmtError("--nbest must be at least 1")
         lines = read_lines(input) if input is not None else _stdin_lines()
-        records = translator.stream_nbest(lines, nbest)
-        formatted = (
-            _format_jsonl(records) if output_format == "jsonl" else _format_text(records, nbest)
-        )
+        if alignment and output_format != "jsonl":
+            raise NmtError("--alignment needs --output-format jsonl")
+        records = translator.stream_nbest(lines, nbest, alignment=alignment)
+        if output_format == "jsonl":
+            pieces = translator.src_tok.pieces if alignment else None
+            formatted = _format_jsonl(records, pieces)
+        else:
+            formatted = _format_text(records, nbest)
         if output is None:
             for line in formatted:
                 sys.stdout.write(line + "\n")
@@ -255,13 +267,18 @@ def _format_text(records: Iterator, nbest: int) -> Iterator[str]:
                 yield f"{index}\t{t.norm_score:.4f}\t{t.text}"
 
 
-def _format_jsonl(records: Iterator) -> Iterator[str]:
+def _format_jsonl(records: Iterator, source_pieces: Callable | None = None) -> Iterator[str]:
     for index, (source, translations) in enumerate(records):
-        nbest = [
-            {"translation": t.text, "score": t.score, "norm_score": t.norm_score}
-            for t in translations
-        ]
-        yield json.dumps({"id": index, "source": source, "nbest": nbest}, ensure_ascii=False)
+        nbest = []
+        for t in translations:
+            hyp = {"translation": t.text, "score": t.score, "norm_score": t.norm_score}
+            if t.alignment is not None:
+                hyp["tokens"], hyp["alignment"] = t.pieces, t.alignment
+            nbest.append(hyp)
+        record = {"id": index, "source": source, "nbest": nbest}
+        if source_pieces is not None and source.strip():
+            record["source_tokens"] = source_pieces(source) + ["</s>"]
+        yield json.dumps(record, ensure_ascii=False)
 
 
 def _stdin_lines() -> Iterator[str]:

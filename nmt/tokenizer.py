@@ -63,6 +63,9 @@ class Tokenizer:
     def pieces(self, line: str) -> list[str]:
         return self.sp.encode(line, out_type=str)
 
+    def id_pieces(self, ids: Sequence[int]) -> list[str]:
+        return [self.sp.id_to_piece(int(i)) for i in ids]
+
 
 @contextlib.contextmanager
 def _fd2_to_temporary_file() -> Iterator[None]:

@@ -24,7 +24,7 @@ from nmt.device import Precision, autocast, resolve_device, resolve_precision
 from nmt.errors import NmtError
 from nmt.model import Ensemble, Seq2Seq, build_model
 from nmt.search import Hypothesis, Sampler, beam_search, greedy_search
-from nmt.tokenizer import EOS, Tokenizer
+from nmt.tokenizer import BOS, EOS, Tokenizer
 
 log = logging.getLogger("nmt")
 
@@ -59,6 +59,13 @@ class Translation:
     text: str
     score: float  # sum of the token log-probabilities, EOS included
     norm_score: float  # the score search ranks by (after the length penalty)
+    # For each target subword (EOS included), the source subword position (EOS = the last) it
+    # attends to most, averaged over the heads of the last decoder layer's cross-attention.
+    alignment: list[int] | None = None
+    # The attention weights themselves (target positions × source positions), when asked for.
+    attention: list[list[float]] | None = None
+    # The target subwords those positions are (EOS as "</s>"), with alignments or attention.
+    pieces: list[str] | None = None
 
 
 class Translator:
@@ -147,9 +154,26 @@ class Translator:
                 no_repeat_ngram=d.no_repeat_ngram,
             )
 
-    def translate_nbest(self, lines: list[str], nbest: int = 1) -> list[list[Translation]]:
+    @torch.inference_mode()
+    def cross_attention(self, src: list[int], hyps: list[list[int]]) -> list[torch.Tensor]:
+        """The last decoder layer's cross-attention over `src` (+EOS) for each hypothesis
+        (+EOS), averaged over heads, from one teacher-forced pass: the decoder is causal, so
+        these are the weights the search saw when it chose each token."""
+        n = len(hyps)
+        src_t = pad_sequences([torch.tensor(src)] * n, None, EOS).to(self.device)
+        tgt_in = pad_sequences([torch.tensor(h) for h in hyps], BOS, None).to(self.device)
+        with autocast(self.device, self.precision):
+            memory, pad_mask = self.model.encode(src_t)
+            _, weights = self.model.decode(tgt_in, memory, pad_mask, need_weights=True)
+        weights = weights.float().mean(dim=1)  # (n, T, S)
+        return [weights[i, : len(h) + 1].cpu() for i, h in enumerate(hyps)]
+
+    def translate_nbest(
+        self, lines: list[str], nbest: int = 1, alignment: bool = False, attention: bool = False
+    ) -> list[list[Translation]]:
         """Each input line's `nbest` best translations (one for greedy), best first; an empty
-        line gets one empty translation without touching the model."""
+        line gets one empty translation without touching the model. With `alignment` (or
+        `attention`), each translation carries its cross-attention alignment (or weights)."""
         outputs: list[list[Translation]] = [[Translation("", 0.0, 0.0)] for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         ids = self._encode([lines[i] for i in todo])
@@ -168,8 +192,21 @@ class Translator:
                 hyp_lists = self._decode_batch([ids[b] for b in batch], nbest)
                 for b, hyps in zip(batch, hyp_lists):
                     texts = self.tgt_tok.decode([h.tokens for h in hyps])
+                    weights: list = [None] * len(hyps)
+                    if alignment or attention:
+                        weights = self.cross_attention(ids[b], [h.tokens for h in hyps])
                     outputs[todo[b]] = [
-                        Translation(t, h.score, h.norm_score) for t, h in zip(texts, hyps)
+                        Translation(
+                            t,
+                            h.score,
+                            h.norm_score,
+                            w.argmax(dim=-1).tolist() if alignment else None,
+                            w.tolist() if attention else None,
+                            self.tgt_tok.id_pieces(h.tokens) + ["</s>"]
+                            if alignment or attention
+                            else None,
+                        )
+                        for t, h, w in zip(texts, hyps, weights)
                     ]
             if j is not None:
                 batch, width = [j], len(ids[j]) + 1
@@ -180,12 +217,17 @@ class Translator:
         return [best[0].text for best in self.translate_nbest(lines)]
 
     def stream_nbest(
-        self, lines: Iterable[str], nbest: int = 1, buffer_lines: int = 1000
+        self,
+        lines: Iterable[str],
+        nbest: int = 1,
+        buffer_lines: int = 1000,
+        alignment: bool = False,
+        attention: bool = False,
     ) -> Iterator[tuple[str, list[Translation]]]:
         """(source, n-best translations) per input line, buffer by buffer, in input order."""
         it = iter(lines)
         while buffer := [line.rstrip("\r\n") for line in itertools.islice(it, buffer_lines)]:
-            yield from zip(buffer, self.translate_nbest(buffer, nbest))
+            yield from zip(buffer, self.translate_nbest(buffer, nbest, alignment, attention))
 
     def stream(self, lines: Iterable[str], buffer_lines: int = 1000) -> Iterator[str]:
         """Translate an iterable of lines buffer by buffer, yielding outputs in input order."""
