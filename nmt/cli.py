@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from nmt.errors import NmtError
 
@@ -44,7 +45,8 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except NmtError as e:
-        stderr.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # Escaped: a message may hold brackets (paths, `nmt[plot]`) that rich would eat.
+        stderr.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -206,6 +208,14 @@ def translate(
             "attends to most (last decoder layer's cross-attention, mean over heads).",
         ),
     ] = False,
+    plot_attention: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="Write one heatmap per input line (best translation's cross-attention) into "
+            "this folder, as 000001.png, ... (needs matplotlib: pip install 'nmt[plot]').",
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[
         str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")
@@ -244,7 +254,18 @@ def translate(
         lines = read_lines(input) if input is not None else _stdin_lines()
         if alignment and output_format != "jsonl":
             raise NmtError("--alignment needs --output-format jsonl")
-        records = translator.stream_nbest(lines, nbest, alignment=alignment)
+        records = translator.stream_nbest(
+            lines, nbest, alignment=alignment, attention=plot_attention is not None
+        )
+        if plot_attention is not None:
+            from nmt import plot
+
+            plot.check_available()
+            try:
+                plot_attention.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise NmtError(f"cannot create {plot_attention}: {e.strerror}") from None
+            records = _plotting(records, plot_attention, translator.src_tok.pieces)
         if output_format == "jsonl":
             pieces = translator.src_tok.pieces if alignment else None
             formatted = _format_jsonl(records, pieces)
@@ -256,6 +277,20 @@ def translate(
                 sys.stdout.flush()
         else:
             _write_atomically(output, formatted)
+
+
+def _plotting(records: Iterator, folder: Path, source_pieces: Callable) -> Iterator:
+    """Pass records through, writing each best translation's attention heatmap on the way."""
+    from nmt.plot import attention_heatmap
+
+    for index, (source, translations) in enumerate(records, start=1):
+        best = translations[0]
+        if best.attention is not None:
+            path = folder / f"{index:06d}.png"
+            attention_heatmap(
+                best.attention, source_pieces(source) + ["</s>"], best.pieces, path, best.text
+            )
+        yield source, translations
 
 
 def _format_text(records: Iterator, nbest: int) -> Iterator[str]:
