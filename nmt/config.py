@@ -149,6 +149,8 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+    tf32: bool = True  # TF32 matmuls on GPUs that have them (Ampere and newer)
+    compile: bool = False  # torch.compile the training step's model (dynamic shapes)
 
     def validate(self) -> None:
         for name in ("max_tokens", "accum_steps", "max_steps", "max_epochs", "valid_every"):

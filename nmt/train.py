@@ -139,12 +139,19 @@ class Trainer:
         self.model = build_model(recipe.model, len(src_tok), len(tgt_tok), m["joint"]).to(
             self.device
         )
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = self.cfg.tf32
+            torch.backends.cudnn.allow_tf32 = self.cfg.tf32
         self.loss_module: torch.nn.Module = _BatchLoss(self.model, self.cfg.label_smoothing)
         if self.world.active:
             self.loss_module = torch.nn.parallel.DistributedDataParallel(
                 self.loss_module,
                 device_ids=[self.world.local_rank] if self.device.type == "cuda" else None,
             )
+        if self.cfg.compile:
+            # Batch shapes vary with sentence lengths: compile for dynamic shapes once rather
+            # than recompiling for each new shape.
+            self.loss_module = torch.compile(self.loss_module, dynamic=True)
         self.optimizer = torch.optim.Adam(
             self.model.parameters(),
             lr=self.cfg.lr,
