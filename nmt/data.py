@@ -97,7 +97,7 @@ class _Writer:
         self.stem = stem
         self.typecode = typecode
         self.file = open(_with_suffix(stem, ".bin"), "wb")  # noqa: SIM115 - closed in close()
-        self.offsets = [0]
+        self.offsets = array.array("q", [0])  # 8 bytes a sentence, not a Python int each
 
     def add(self, seqs: Sequence[Sequence[int]]) -> None:
         for s in seqs:
@@ -106,7 +106,7 @@ class _Writer:
 
     def close(self) -> None:
         self.file.close()
-        _with_suffix(self.stem, ".idx").write_bytes(array.array("q", self.offsets).tobytes())
+        _with_suffix(self.stem, ".idx").write_bytes(self.offsets.tobytes())
 
 
 def _typecode(vocab_size: int) -> str:

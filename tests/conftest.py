@@ -100,3 +100,14 @@ def trained_run(tmp_path_factory, small_corpus) -> Path:
     data.preprocess(recipe)
     train.train(recipe, progress=False)
     return folder / "run"
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """Recipes with train.threads set torch's thread count for the whole process; put it back
+    so one test does not slow down the next."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
