@@ -41,14 +41,27 @@ class Attention(nn.Module):
         nn.init.zeros_(self.in_proj.bias)
         nn.init.xavier_uniform_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
+        # Set by nmt.quantize.quantize_int8: int8 copies of in_proj's query rows and key/value
+        # rows, since a quantized in_proj has no float weight to slice.
+        self.int8_q: nn.Module | None = None
+        self.int8_kv: nn.Module | None = None
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape  # (B, N, H*Dh) -> (B, H, N, Dh)
         return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
 
-    def _project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _project_q(self, query: torch.Tensor) -> torch.Tensor:
+        if self.int8_q is not None:
+            return self._split(self.int8_q(query))
         d = self.d_model
-        kv = F.linear(memory, self.in_proj.weight[d:], self.in_proj.bias[d:])
+        return self._split(F.linear(query, self.in_proj.weight[:d], self.in_proj.bias[:d]))
+
+    def _project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.int8_kv is not None:
+            kv = self.int8_kv(memory)
+        else:
+            d = self.d_model
+            kv = F.linear(memory, self.in_proj.weight[d:], self.in_proj.bias[d:])
         k, v = kv.chunk(2, dim=-1)
         return self._split(k), self._split(v)
 
@@ -65,7 +78,7 @@ class Attention(nn.Module):
         if memory is query and cache is None:
             q, k, v = (self._split(t) for t in self.in_proj(query).chunk(3, dim=-1))
         else:
-            q = self._split(F.linear(query, self.in_proj.weight[:d], self.in_proj.bias[:d]))
+            q = self._project_q(query)
             if cache is not None and self.static_kv and "k" in cache:
                 k, v = cache["k"], cache["v"]
             else:

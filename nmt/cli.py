@@ -220,6 +220,13 @@ def translate(
     precision: Annotated[
         str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")
     ] = "auto",
+    quantize: Annotated[
+        str,
+        typer.Option(
+            help="none, or int8: dynamic int8 quantization of the linear layers (CPU only; "
+            "faster, with a small BLEU change, see docs/BENCHMARKS.md)."
+        ),
+    ] = "none",
 ) -> None:
     """Translate lines of text (a file or stdin), one output line per input line."""
     from nmt.data import read_lines
@@ -234,6 +241,7 @@ def translate(
             checkpoints,
             device=device,
             precision=precision,
+            quantize=quantize,
             method="sample" if sample else "greedy" if greedy else None,
             temperature=temperature,
             top_k=top_k,

@@ -167,6 +167,8 @@ class Seq2Seq(nn.Module):
         pre = cfg.norm == "pre"
         self.encoder_norm = nn.LayerNorm(cfg.d_model) if pre else nn.Identity()
         self.decoder_norm = nn.LayerNorm(cfg.d_model) if pre else nn.Identity()
+        # An int8 copy of the tied output projection, set by nmt.quantize.quantize_int8.
+        self.int8_output: nn.Module | None = None
 
     def _embed(self, embedding: nn.Embedding, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         length = tokens.shape[1]
@@ -223,6 +225,8 @@ class Seq2Seq(nn.Module):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder states -> vocabulary logits, through the tied target embedding."""
+        if self.int8_output is not None:  # set by nmt.quantize.quantize_int8
+            return self.int8_output(x)
         return F.linear(x, self.tgt_embed.weight)
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:

@@ -23,6 +23,7 @@ from nmt.data import pad_sequences
 from nmt.device import Precision, autocast, resolve_device, resolve_precision
 from nmt.errors import NmtError
 from nmt.model import Ensemble, Seq2Seq, build_model
+from nmt.quantize import QUANTIZE_CHOICES, quantize_int8
 from nmt.search import Hypothesis, Sampler, beam_search, greedy_search
 from nmt.tokenizer import BOS, EOS, Tokenizer
 
@@ -93,10 +94,15 @@ class Translator:
         path: str | Path | Sequence[str | Path],
         device: str = "auto",
         precision: str = "auto",
+        quantize: str = "none",
         **decode_overrides: Any,
     ) -> Translator:
         """A translator for one checkpoint, or for an ensemble of several (the first one's
-        decoding settings apply)."""
+        decoding settings apply). `quantize="int8"` quantizes the linear layers (CPU only)."""
+        if quantize not in QUANTIZE_CHOICES:
+            raise NmtError(
+                f"unknown quantization '{quantize}'; choose from {', '.join(QUANTIZE_CHOICES)}"
+            )
         dev = resolve_device(device)
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         if not paths:
@@ -118,7 +124,12 @@ class Translator:
         decode = dataclasses.replace(recipe.decode, **overrides)
         decode.validate()
         model.to(dev).eval()
-        return cls(model, src_tok, tgt_tok, decode, dev, resolve_precision(precision, dev))
+        resolved = resolve_precision(precision, dev)
+        if quantize == "int8":
+            if resolved != "fp32":
+                raise NmtError(f"--quantize int8 needs fp32 activations, not {resolved}")
+            quantize_int8(model)
+        return cls(model, src_tok, tgt_tok, decode, dev, resolved)
 
     def _encode(self, lines: list[str]) -> list[list[int]]:
         limit = self.model.cfg.max_positions - 1  # room for EOS

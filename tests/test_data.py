@@ -172,6 +172,25 @@ def test_missing_and_empty_files(tmp_path):
         preprocess(recipe_for(corpus, tmp_path / "run"))
 
 
+def test_unreadable_file_is_one_clear_line(tmp_path, monkeypatch):
+    # chmod cannot make a file unreadable for root (CI runs as root), so the operating
+    # system's refusal is simulated where read_lines opens the file.
+    corpus = tmp_path / "corpus"
+    write_pair(corpus, "train", ["a"], ["x"])
+    write_pair(corpus, "valid", ["a"], ["x"])
+    real_open = open
+
+    def refuse(path, *args, **kwargs):
+        if Path(path).name == "train.de":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("nmt.data.open", refuse, raising=False)
+    with pytest.raises(NmtError, match=r"cannot read .*train\.de: permission denied"):
+        preprocess(recipe_for(corpus, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_crlf_line_endings_are_stripped(tmp_path):
     path = tmp_path / "f.txt"
     path.write_bytes(b"one\r\ntwo\r\n\r\nthree")

@@ -17,6 +17,7 @@ from nmt.score import score_lines
 from nmt.translate import Translator
 
 THRESHOLD = 60.0  # BLEU on the toy test set; copying the source gets about 3
+INT8_TOLERANCE = 2.0  # BLEU points an int8-quantized copy of the trained model may lose
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,9 @@ def test_tiny_model_learns_toy_task(tmp_path, toy_corpus, prepared, attention):
     )
     assert copy_bleu < 10
     assert bleu >= THRESHOLD
+
+    # The same trained model, quantized to int8 for the CPU, must stay close to fp32.
+    int8 = Translator.load(tmp_path / "run" / "best.pt", quantize="int8")
+    int8_bleu = score_lines(int8.translate(src), [ref])[0].score
+    print(f"{attention}: int8 test BLEU {int8_bleu:.1f} ({int8_bleu - bleu:+.1f})")
+    assert int8_bleu >= bleu - INT8_TOLERANCE
