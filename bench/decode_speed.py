@@ -1,11 +1,17 @@
 """Decoding speed: sentences/s and target tokens/s of `nmt translate` on a file.
 
-Loads a checkpoint once, translates the whole input `--repeats` times per setting and reports
-the median, so the figures leave out start-up (loading torch and the model). Each setting runs
-in the same process, one after another, on the same input.
+Each setting runs in its own process (so its peak memory is its own), loads the checkpoint
+once, translates the whole input `--repeats` times and reports the median pass, leaving out
+start-up (importing torch, loading the model). Settings run one after another on the same
+input, so their figures compare side by side.
 
     python bench/decode_speed.py runs/multi30k_en_de -i data/multi30k/test_2016_flickr.en \\
-        --setting beam5=beam_size=5 --setting greedy=method=greedy --repeats 3
+        --setting beam5=beam_size=5 --setting greedy=method=greedy \\
+        --setting beam5_int8=beam_size=5,quantize=int8 --setting beam5_b1=beam_size=5,batch_size=1
+
+A setting is NAME=key=value[,key=value]: any decode key (beam_size, method, batch_size,
+batch_tokens, length_penalty, ...) or quantize=int8, precision=bf16, device=cuda.
+`--profile` prints, for the first setting, where one pass spends its time (torch.profiler).
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ import json
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+
+STRING_KEYS = ("method", "quantize", "precision", "device")
 
 
 def _parse_setting(spec: str) -> tuple[str, dict]:
@@ -27,55 +36,90 @@ def _parse_setting(spec: str) -> tuple[str, dict]:
     values: dict = {}
     for assignment in filter(None, assignments.split(",")):
         key, _, raw = assignment.partition("=")
-        values[key] = raw if key == "method" else float(raw) if "." in raw else int(raw)
+        values[key] = raw if key in STRING_KEYS else float(raw) if "." in raw else int(raw)
     return name, values
 
 
-def main() -> None:
+def _measure(args: argparse.Namespace, name: str, values: dict) -> dict:
     from nmt.data import read_lines
     from nmt.translate import Translator
 
+    lines = list(read_lines(Path(args.input)))
+    values = {"device": "cpu", **values}
+    translator = Translator.load(args.checkpoint, **values)
+    seconds = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        outputs = translator.translate(lines)
+        seconds.append(time.perf_counter() - start)
+    tokens = sum(len(ids) + 1 for ids in translator.tgt_tok.encode(outputs))
+    median = statistics.median(seconds)
+    if args.output:
+        Path(args.output).write_text("".join(o + "\n" for o in outputs), encoding="utf-8")
+    return {
+        "setting": name,
+        "values": values,
+        "sentences": len(lines),
+        "sentences_per_s": round(len(lines) / median, 1),
+        "tgt_tokens_per_s": round(tokens / median),
+        "seconds": [round(s, 2) for s in seconds],
+        "max_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def _profile(args: argparse.Namespace, name: str, values: dict) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    from nmt.data import read_lines
+    from nmt.translate import Translator
+
+    lines = list(read_lines(Path(args.input)))
+    translator = Translator.load(args.checkpoint, **{"device": "cpu", **values})
+    translator.translate(lines[:50])  # warm-up
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        translator.translate(lines)
+    wall = time.perf_counter() - start
+    events = prof.key_averages()
+    ops = sum(e.self_cpu_time_total for e in events) / 1e6
+    print(f"# profile of '{name}': {wall:.2f} s wall under the profiler, {ops:.2f} s in torch ops")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=args.profile_rows))
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("-i", "--input", required=True)
-    parser.add_argument(
-        "--setting",
-        action="append",
-        default=[],
-        help="NAME=key=value[,key=value] of decode settings, e.g. beam5=beam_size=5 (repeatable)",
-    )
+    parser.add_argument("--setting", action="append", default=[], help="NAME=key=value,...")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--profile", action="store_true", help="profile the first setting")
+    parser.add_argument("--profile-rows", type=int, default=15)
+    parser.add_argument("--output", help=argparse.SUPPRESS)  # a child writes its translations
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    lines = list(read_lines(Path(args.input)))
     settings = [_parse_setting(s) for s in args.setting] or [("default", {})]
+    if args.child:
+        print(json.dumps(_measure(args, *settings[0])))
+        return
+    if args.profile:
+        _profile(args, *settings[0])
+        return
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {len(lines)} sentences"
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
     )
-    for name, values in settings:
-        translator = Translator.load(args.checkpoint, device="cpu", **values)
-        seconds = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            outputs = translator.translate(lines)
-            seconds.append(time.perf_counter() - start)
-        tokens = sum(len(ids) + 1 for ids in translator.tgt_tok.encode(outputs))
-        median = statistics.median(seconds)
-        print(
-            json.dumps(
-                {
-                    "setting": name,
-                    "decode": vars(translator.decode),
-                    "sentences_per_s": len(lines) / median,
-                    "tgt_tokens_per_s": tokens / median,
-                    "seconds": seconds,
-                    "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                }
-            )
-        )
+    for spec in args.setting or ["default="]:
+        command = [
+            sys.executable, __file__, args.checkpoint, "-i", args.input, "--setting", spec,
+            "--repeats", str(args.repeats), "--threads", str(args.threads), "--child",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.exit(f"setting {spec} failed:\n{result.stderr}")
+        print(result.stdout.strip().splitlines()[-1])
         sys.stdout.flush()
 
 

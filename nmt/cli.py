@@ -189,6 +189,12 @@ def translate(
         Optional[int],  # noqa: UP045
         typer.Option(help="Source tokens per batch [default: recipe's]."),
     ] = None,
+    batch_size: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="At most this many sentences per batch, 0: no limit [default: recipe's]."
+        ),
+    ] = None,
     nbest: Annotated[
         int, typer.Option(help="Translations per input line (beam search keeps at least as many).")
     ] = 1,
@@ -254,6 +260,7 @@ def translate(
             max_len_a=max_len_a,
             max_len_b=max_len_b,
             batch_tokens=batch_tokens,
+            batch_size=batch_size,
         )
         if output_format not in ("text", "jsonl"):
             raise NmtError(f"unknown --output-format '{output_format}'; use text or jsonl")

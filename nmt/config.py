@@ -180,6 +180,7 @@ class DecodeConfig:
     min_len: int = 0  # no EOS before this many tokens
     no_repeat_ngram: int = 0  # block repeating n-grams of this size; 0 disables
     batch_tokens: int = 4096  # source tokens per translation batch
+    batch_size: int = 0  # at most this many sentences per translation batch; 0: no limit
     # method: sample
     temperature: float = 1.0
     top_k: int = 0  # 0 disables
@@ -192,6 +193,7 @@ class DecodeConfig:
         _require(self.max_len_a >= 0, "decode.max_len_a", "must be >= 0")
         _require(self.max_len_b >= 1, "decode.max_len_b", "must be >= 1")
         _require(self.batch_tokens >= 1, "decode.batch_tokens", "must be >= 1")
+        _require(self.batch_size >= 0, "decode.batch_size", "must be >= 0")
         _require(self.min_len >= 0, "decode.min_len", "must be >= 0")
         _require(self.no_repeat_ngram >= 0, "decode.no_repeat_ngram", "must be >= 0")
         _require(self.temperature > 0, "decode.temperature", "must be > 0")

@@ -192,10 +192,12 @@ class Translator:
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]), reverse=True)
         batch: list[int] = []
         width = 0
+        most = self.decode.batch_size or len(order)
         for j in order + [None]:
             if j is not None:
                 new_width = max(width, len(ids[j]) + 1)
-                if not batch or new_width * (len(batch) + 1) <= self.decode.batch_tokens:
+                fits = new_width * (len(batch) + 1) <= self.decode.batch_tokens
+                if not batch or (fits and len(batch) < most):
                     batch.append(j)
                     width = new_width
                     continue
