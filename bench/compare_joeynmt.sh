@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Training speed of nmt and JoeyNMT 2.3.0 side by side, on the same machine, model and data:
+# the Multi30k en-de Transformer (3+3 layers, d_model 256, ff 1024, 4 heads, tied embeddings,
+# 4096-token batches, fp32), the same SentencePiece model and vocabulary for both.
+#
+#   bash bench/compare_joeynmt.sh [--updates N] [--joey-python PATH] [--prepared DIR]
+#
+# JoeyNMT goes in its own virtual environment (it pins protobuf and pulls many packages):
+#   python -m venv /tmp/joey && /tmp/joey/bin/pip install torch==2.13.0 joeynmt==2.3.0
+# Needs `nmt preprocess recipes/multi30k_en_de.yaml` first (for the SentencePiece model).
+# Prints JoeyNMT's median "Tokens per Sec" (target tokens, logged every 10 updates) and nmt's
+# median target tokens/s (bench/train_speed.py), then their ratio.
+set -euo pipefail
+updates=60
+joey=/tmp/joey/bin/python
+root=$(cd "$(dirname "$0")/.." && pwd)
+prepared=$root/runs/multi30k_en_de/prepared
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --updates) updates="$2"; shift 2 ;;
+        --joey-python) joey="$2"; shift 2 ;;
+        --prepared) prepared=$(cd "$2" && pwd); shift 2 ;;
+        *) echo "unknown option $1" >&2; exit 2 ;;
+    esac
+done
+[[ -f $prepared/spm.model ]] || { echo "run nmt preprocess recipes/multi30k_en_de.yaml first" >&2; exit 2; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# JoeyNMT's vocabulary file: SentencePiece's pieces without its four special symbols (JoeyNMT
+# adds its own <unk> <pad> <s> </s> in front).
+cut -f1 "${prepared}/spm.vocab" | tail -n +5 > "$work/vocab.txt"
+side() {
+    cat <<YAML
+        lang: "$1"
+        level: "bpe"
+        lowercase: false
+        normalize: false
+        max_length: 100
+        voc_min_freq: 1
+        voc_file: "$work/vocab.txt"
+        tokenizer_type: "sentencepiece"
+        tokenizer_cfg:
+            model_file: "$prepared/spm.model"
+YAML
+}
+cat > "$work/joey.yaml" <<YAML
+name: "multi30k_en_de_speed"
+joeynmt_version: "2.3.0"
+data:
+    train: "$root/data/multi30k/train"
+    dev: "$root/data/multi30k/val"
+    dataset_type: "plain"
+    src:
+$(side en)
+    trg:
+$(side de)
+training:
+    random_seed: 1
+    optimizer: "adam"
+    normalization: "tokens"
+    adam_betas: [0.9, 0.98]
+    scheduling: "warmupinversesquareroot"
+    learning_rate_warmup: 1000
+    learning_rate: 0.001
+    learning_rate_min: 1.0e-8
+    label_smoothing: 0.1
+    clip_grad_norm: 1.0
+    batch_size: 4096
+    batch_type: "token"
+    epochs: 100
+    updates: $updates
+    validation_freq: 1000000
+    logging_freq: 10
+    early_stopping_metric: "bleu"
+    model_dir: "$work/model"
+    overwrite: true
+    shuffle: true
+    use_cuda: false
+    fp16: false
+    keep_best_ckpts: 1
+testing:
+    beam_size: 1
+    eval_metrics: ["bleu"]
+model:
+    initializer: "xavier_uniform"
+    embed_initializer: "xavier_uniform"
+    tied_embeddings: true
+    tied_softmax: true
+    encoder:
+        type: "transformer"
+        num_layers: 3
+        num_heads: 4
+        embeddings: {embedding_dim: 256, scale: true, dropout: 0.0}
+        hidden_size: 256
+        ff_size: 1024
+        dropout: 0.1
+        layer_norm: "pre"
+    decoder:
+        type: "transformer"
+        num_layers: 3
+        num_heads: 4
+        embeddings: {embedding_dim: 256, scale: true, dropout: 0.0}
+        hidden_size: 256
+        ff_size: 1024
+        dropout: 0.1
+        layer_norm: "pre"
+YAML
+
+echo "# $(date -u '+%Y-%m-%d %H:%M') $(nproc) CPUs; JoeyNMT: $updates updates, then nmt"
+"$joey" -m joeynmt train "$work/joey.yaml" --skip-test > "$work/joey.log" 2>&1 || {
+    tail -30 "$work/joey.log" >&2; exit 1; }
+grep -o "Tokens per Sec: *[0-9]*" "$work/joey.log" | awk '{print $4}' > "$work/joey.rates"
+grep -m1 -o "Total params: *[0-9]*" "$work/joey.log" || true
+joey_rate=$(tail -n +2 "$work/joey.rates" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+echo "joeynmt: median $joey_rate target tokens/s over $(($(wc -l < "$work/joey.rates") - 1)) windows of 10 updates (first left out): $(tr '\n' ' ' < "$work/joey.rates")"
+
+windows=$(( (updates - 10) / 10 ))
+python "$root/bench/train_speed.py" "$root/recipes/multi30k_en_de.yaml" \
+    --set "data.prepared_dir=$prepared" --steps 10 --windows "$windows" | tee "$work/nmt.log"
+nmt_rate=$(python - "$work/nmt.log" <<'PY'
+import json, sys
+rows = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+print(round(rows[0]["tgt_tokens_per_s"]))
+PY
+)
+echo "nmt: median $nmt_rate target tokens/s; nmt / joeynmt = $(python -c "print(round($nmt_rate / $joey_rate, 2))")"
