@@ -25,6 +25,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Option help says "[default: ...]" in plain text; rich markup would take it for a tag.
+    rich_markup_mode=None,
 )
 stderr = Console(stderr=True)
 

@@ -41,8 +41,16 @@ def test_help_lists_subcommands():
     assert result.exit_code == 0
     for name in ("preprocess", "train", "translate", "score"):
         assert name in result.output
-    for name in ("preprocess", "train", "translate", "score"):
+    for name in ("preprocess", "train", "translate", "score", "average"):
         assert nmt(name, "--help").exit_code == 0
+
+
+def test_help_keeps_bracketed_defaults():
+    # Rich markup once swallowed every "[default: ...]" written in an option's help.
+    text = " ".join(nmt("translate", "--help").output.split())
+    assert "[default: the recipe's decode.beam_size]" in text
+    text = " ".join(nmt("train", "--help").output.split())
+    assert "[default: resume from its last.pt if it has one]" in text
 
 
 def test_python_m_nmt_entry_point():
