@@ -157,12 +157,22 @@ class LuongAttention(Attention):
     `dot`: score(q, k) = qᵀk;  `general`: score(q, k) = qᵀ W_a k, with one W_a per head.
 
     Both reduce to a dot product (of q, or of q W_a, with k), so the product runs in
-    F.scaled_dot_product_attention with scale 1.
+    F.scaled_dot_product_attention with scale 1. `scaled=True` divides the scores by
+    sqrt(d_head) as multi-head attention does (not in the paper; an option to measure).
     """
 
-    def __init__(self, d_model, heads, dropout=0.0, static_kv=False, score: str = "general"):
+    def __init__(
+        self,
+        d_model,
+        heads,
+        dropout=0.0,
+        static_kv=False,
+        score: str = "general",
+        scaled: bool = False,
+    ):
         super().__init__(d_model, heads, dropout, static_kv)
         self.score = score
+        self.scale = 1.0 / math.sqrt(self.head_dim) if scaled else 1.0
         if score == "general":
             eye = torch.eye(self.head_dim).expand(heads, -1, -1)
             # Start at the identity (the `dot` score) plus noise, so both variants start alike.
@@ -172,12 +182,12 @@ class LuongAttention(Attention):
         return q @ self.w_a if self.score == "general" else q
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        return self._query(q) @ k.transpose(-1, -2)
+        return self._query(q) @ k.transpose(-1, -2) * self.scale
 
     def attend(self, q, k, v, mask, causal):
         dropout = self.dropout if self.training else 0.0
         return F.scaled_dot_product_attention(
-            self._query(q), k, v, attn_mask=mask, dropout_p=dropout, scale=1.0
+            self._query(q), k, v, attn_mask=mask, dropout_p=dropout, scale=self.scale
         )
 
 

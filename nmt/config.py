@@ -105,6 +105,8 @@ class ModelConfig:
     # One mechanism for every site, or a mapping {encoder: ..., decoder: ..., cross: ...}.
     attention: AttentionKind | AttentionSites = "multihead"
     luong_score: Literal["dot", "general"] = "general"
+    # Divide Luong's scores by sqrt(d_head) as multi-head does (the paper does not).
+    luong_scaled: bool = False
     # With a joint vocabulary the encoder embedding is tied too (all three matrices).
     share_all_embeddings: bool = True
     max_positions: int = 1024

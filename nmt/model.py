@@ -43,7 +43,7 @@ def build_attention(cfg: ModelConfig, site: str) -> Attention:
     if kind == "multihead":
         return MultiHeadAttention(*args)
     if kind == "luong":
-        return LuongAttention(*args, score=cfg.luong_score)
+        return LuongAttention(*args, score=cfg.luong_score, scaled=cfg.luong_scaled)
     if kind == "bahdanau":
         return BahdanauAttention(*args)
     raise ValueError(f"unknown attention {kind!r}")

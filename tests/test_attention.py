@@ -41,6 +41,8 @@ def make_attention(
         attn = LuongAttention(d_model, heads, 0.0, static_kv, score="dot")
     elif kind == "luong_general":
         attn = LuongAttention(d_model, heads, 0.0, static_kv, score="general")
+    elif kind == "luong_general_scaled":
+        attn = LuongAttention(d_model, heads, 0.0, static_kv, score="general", scaled=True)
     elif kind == "bahdanau":
         attn = BahdanauAttention(d_model, heads, 0.0, static_kv)
     else:
@@ -78,6 +80,7 @@ def reference_attention(
     multihead:      score = q·k / sqrt(d_k)
     luong dot:      score = q·k              (Luong et al. 2015, unscaled)
     luong general:  score = qᵀ W_a k         (one W_a per head, unscaled)
+    luong general, scaled: score = qᵀ W_a k / sqrt(d_k)   (the `luong_scaled` option)
     bahdanau:       score = vᵀ tanh(W_q q + W_k k)   (per-head v, projections with biases)
     weights = softmax over the allowed keys; out = out_proj(concat_h(weights_h V_h)).
     """
@@ -107,9 +110,11 @@ def reference_attention(
         scores = torch.einsum("blhd,bshd->bhls", q, k) / math.sqrt(dh)
     elif kind == "luong_dot":
         scores = torch.einsum("blhd,bshd->bhls", q, k)
-    elif kind == "luong_general":
+    elif kind in ("luong_general", "luong_general_scaled"):
         w_a = attn.w_a.detach().double()  # (H, dh, dh)
         scores = torch.einsum("blhd,hde,bshe->bhls", q, w_a, k)
+        if kind == "luong_general_scaled":
+            scores = scores / math.sqrt(dh)
     elif kind == "bahdanau":
         vec = attn.v.detach().double()  # (H, dh)
         hidden = torch.tanh(q[:, :, None] + k[:, None, :])  # (B, L, S, H, dh)
@@ -190,6 +195,21 @@ def test_luong_scores_are_unscaled_like_the_paper():
         w = attn.w_a if score == "general" else torch.eye(D_MODEL // HEADS)
         expected = torch.einsum("bhld,hde,bhse->bhls", q, w.expand(HEADS, -1, -1), k)
         torch.testing.assert_close(attn.scores(q, k), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+def test_scaled_luong_matches_float64_reference(causal):
+    """The `luong_scaled` option: qᵀW_a k / sqrt(d_k), outputs and returned weights."""
+    torch.manual_seed(14)
+    attn = make_attention("luong_general_scaled")
+    x = torch.randn(3, 7, D_MODEL)
+    kpm = random_padding(3, 7)
+    for need_weights in (False, True):
+        out, weights = attn(x, x, key_padding_mask=kpm, causal=causal, need_weights=need_weights)
+        ref_out, ref_weights = reference_attention(attn, "luong_general_scaled", x, x, kpm, causal)
+        torch.testing.assert_close(out.double(), ref_out, atol=ATOL, rtol=RTOL)
+        if need_weights:
+            torch.testing.assert_close(weights.double(), ref_weights, atol=ATOL, rtol=RTOL)
 
 
 # ----------------------------------------------------------------------------------------------
