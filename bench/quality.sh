@@ -2,22 +2,26 @@
 # Reproduce the quality table of docs/BENCHMARKS.md: for each recipe, preprocess, train with a
 # step budget, translate the test set with beam search and score it (BLEU, chrF, lowercased BLEU).
 #
-#   bash bench/quality.sh [--steps N] [--out DIR] RECIPE...
+#   bash bench/quality.sh [--steps N] [--out DIR] [--translate-only] RECIPE...
 #
-# --steps N  stops training after N updates (default: the recipe's own max_steps);
-# --out DIR  puts each run in DIR/<recipe name> (default: runs/quality) and appends one
-#            tab-separated row per recipe to DIR/quality.tsv.
+# --steps N         stops training after N updates (default: the recipe's own max_steps);
+# --out DIR         puts each run in DIR/<recipe name> (default: runs/quality) and appends one
+#                   tab-separated row per recipe to DIR/quality.tsv;
+# --translate-only  skips preprocessing and training: translates and scores runs already in
+#                   DIR (training time then comes from the run's log).
 # Needs the data first: python data/fetch_multi30k.py --from ../shared/data/multi30k
 set -euo pipefail
 
 steps=""
 out=runs/quality
+translate_only=""
 recipes=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --steps) steps="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n 2,10p "$0"; exit 0 ;;
+        --translate-only) translate_only=1; shift ;;
+        -h|--help) sed -n 2,12p "$0"; exit 0 ;;
         *) recipes+=("$1"); shift ;;
     esac
 done
@@ -32,10 +36,14 @@ for recipe in "${recipes[@]}"; do
     run="$out/$name"
     sets=(--set "run_dir=$run")
     [[ -n "$steps" ]] && sets+=(--set "train.max_steps=$steps")
-    nmt preprocess "$recipe" "${sets[@]}" --force
-    start=$(date +%s.%N)
-    nmt train "$recipe" "${sets[@]}" --no-progress
-    end=$(date +%s.%N)
+    train_s=""  # wall time of `nmt train`; from the log's end record with --translate-only
+    if [[ -z "$translate_only" ]]; then
+        nmt preprocess "$recipe" "${sets[@]}" --force
+        start=$(date +%s.%N)
+        nmt train "$recipe" "${sets[@]}" --no-progress
+        end=$(date +%s.%N)
+        train_s=$(python -c "print($end-$start)")
+    fi
     test_prefix=$(python - "$run/recipe.yaml" <<'EOF'
 import sys
 from nmt import config
@@ -47,15 +55,16 @@ EOF
     read -r test_path <<<"$(sed -n 1p <<<"$test_prefix")"
     read -r src tgt <<<"$(sed -n 2p <<<"$test_prefix")"
     nmt translate "$run" -i "$test_path.$src" -o "$run/test.hyp"
-    python - "$run" "$test_path.$tgt" "$name" "$(python -c "print($end-$start)")" >> "$table" <<'EOF'
+    python - "$run" "$test_path.$tgt" "$name" "$train_s" >> "$table" <<'EOF'
 import datetime, json, sys
 from pathlib import Path
 from nmt.score import score_lines
-run, ref, name, train_s = Path(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4])
+run, ref, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 steps = max(r.get("step", 0) for r in logs)
 val = [r["valid_bleu"] for r in logs if "valid_bleu" in r]
 end = [r for r in logs if r.get("kind") == "end"]
+train_s = float(sys.argv[4]) if sys.argv[4] else end[-1]["seconds"]
 params = next((r["parameters"] for r in logs if "parameters" in r), "")
 device = next((r["device"] for r in logs if "device" in r), "")
 hyp = (run / "test.hyp").read_text(encoding="utf-8").splitlines()
