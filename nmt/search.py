@@ -203,7 +203,7 @@ def beam_search(
         top_scores, top_idx = candidates.topk(min(2 * K, K * vocab), dim=1)
         top_beam, top_tok = (top_idx // vocab).tolist(), (top_idx % vocab).tolist()
         top_scores_list = top_scores.tolist()
-        rows, next_tokens, next_scores, keep_sentences = [], [], [], []
+        rows, next_tokens, next_scores, keep_sentences, keep_blocks = [], [], [], [], []
         for i, sentence in enumerate(active):
             done = finished[sentence]
             live: list[tuple[int, int, float]] = []
@@ -224,6 +224,7 @@ def beam_search(
             while len(live) < K:  # keep K rows per sentence; dead rows score -inf
                 live.append((live[0][0], live[0][1], -math.inf))
             keep_sentences.append(sentence)
+            keep_blocks.extend(range(i * K, i * K + K))
             for beam, tok, sc in live:
                 rows.append(i * K + beam)
                 next_tokens.append(tok)
@@ -231,13 +232,18 @@ def beam_search(
         if not keep_sentences:
             break
         order = torch.tensor(rows, device=device)
+        # Source-side rows (memory, mask, cross-attention cache) are the same for the K rows of
+        # a sentence: they only move when sentences leave, and then by whole blocks.
+        source_order: torch.Tensor | str = "keep"
+        if len(keep_sentences) < len(active):
+            source_order = torch.tensor(keep_blocks, device=device)
+            memory, pad_mask = memory[source_order], pad_mask[source_order]
         active = keep_sentences
         tokens = torch.cat(
             [tokens[order], torch.tensor(next_tokens, device=device)[:, None]], dim=1
         )
         scores = torch.tensor(next_scores, device=device).view(len(active), K)
-        memory, pad_mask = memory[order], pad_mask[order]
-        model.reorder(cache, order)
+        model.reorder(cache, order, cross_order=source_order)
     results = []
     for hyps in finished:
         hyps = sorted(hyps, key=lambda h: h.norm_score, reverse=True)
