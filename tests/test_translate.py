@@ -1,8 +1,17 @@
-"""Translator batching: batch limits are honoured and do not change the translations."""
+"""Translator batching: batch limits are honoured and do not change the translations; stdin is
+translated buffer by buffer, so output starts before the input ends."""
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
+import sys
+from pathlib import Path
+
 from nmt.translate import Translator
+
+ROOT = Path(__file__).resolve().parent.parent
 
 LINES = [
     "The dog laughed.",
@@ -39,3 +48,34 @@ def test_batch_limits_are_honoured_and_do_not_change_output(trained_run):
         outputs, sizes = batches_of(Translator.load(trained_run, device="cpu", **overrides), LINES)
         assert sizes == expected, overrides
         assert outputs == default, overrides
+
+
+def test_stdin_output_starts_before_the_input_ends(trained_run):
+    """`producer | nmt translate RUN` prints the first 1000-line buffer while stdin is still
+    open, then the rest in input order (empty and whitespace-only lines included)."""
+    first_buffer = [f"The dog saw {n % 7} cats near the red house." for n in range(1000)]
+    tail = ["A cat saw the boy.", "", "   ", "The girl ran."]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nmt", "translate", str(trained_run), "--greedy"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    try:
+        process.stdin.write("".join(line + "\n" for line in first_buffer).encode())
+        process.stdin.flush()
+        ready, _, _ = select.select([process.stdout], [], [], 120)
+        assert ready, "no output within 120 s while stdin was still open"
+        first = process.stdout.readline()
+        process.stdin.write("".join(line + "\n" for line in tail).encode())
+        process.stdin.close()
+        rest = process.stdout.read()
+        assert process.wait(timeout=120) == 0
+    finally:
+        process.kill()
+    out = (first + rest).decode("utf-8").split("\n")
+    assert out[-1] == ""  # the output ends with a newline
+    expected = Translator.load(trained_run, method="greedy").translate(first_buffer + tail)
+    assert out[:-1] == expected
+    assert out[-4:-2] == ["", ""]  # the empty and the whitespace-only line
