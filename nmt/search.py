@@ -155,7 +155,7 @@ def greedy_search(
         active = [active[r] for r in keep]
         tokens, scores = tokens[order], scores[order]
         memory, pad_mask = memory[order], pad_mask[order]
-        model.reorder(cache, order)
+        model.reorder(cache, order, order)
     return [r if r is not None else Hypothesis([], -math.inf, -math.inf) for r in results]
 
 
@@ -203,7 +203,7 @@ def beam_search(
         top_scores, top_idx = candidates.topk(min(2 * K, K * vocab), dim=1)
         top_beam, top_tok = (top_idx // vocab).tolist(), (top_idx % vocab).tolist()
         top_scores_list = top_scores.tolist()
-        rows, next_tokens, next_scores, keep_sentences, keep_blocks = [], [], [], [], []
+        rows, next_tokens, next_scores, kept = [], [], [], []  # kept: indices into active
         for i, sentence in enumerate(active):
             done = finished[sentence]
             live: list[tuple[int, int, float]] = []
@@ -223,27 +223,26 @@ def beam_search(
                 continue
             while len(live) < K:  # keep K rows per sentence; dead rows score -inf
                 live.append((live[0][0], live[0][1], -math.inf))
-            keep_sentences.append(sentence)
-            keep_blocks.extend(range(i * K, i * K + K))
+            kept.append(i)
             for beam, tok, sc in live:
                 rows.append(i * K + beam)
                 next_tokens.append(tok)
                 next_scores.append(sc)
-        if not keep_sentences:
+        if not kept:
             break
         order = torch.tensor(rows, device=device)
         # Source-side rows (memory, mask, cross-attention cache) are the same for the K rows of
         # a sentence: they only move when sentences leave, and then by whole blocks.
-        source_order: torch.Tensor | str = "keep"
-        if len(keep_sentences) < len(active):
-            source_order = torch.tensor(keep_blocks, device=device)
+        source_order = None
+        if len(kept) < len(active):
+            source_order = torch.tensor([i * K + k for i in kept for k in range(K)], device=device)
             memory, pad_mask = memory[source_order], pad_mask[source_order]
-        active = keep_sentences
+        active = [active[i] for i in kept]
         tokens = torch.cat(
             [tokens[order], torch.tensor(next_tokens, device=device)[:, None]], dim=1
         )
         scores = torch.tensor(next_scores, device=device).view(len(active), K)
-        model.reorder(cache, order, cross_order=source_order)
+        model.reorder(cache, order, source_order)
     results = []
     for hyps in finished:
         hyps = sorted(hyps, key=lambda h: h.norm_score, reverse=True)

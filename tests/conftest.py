@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -111,3 +113,14 @@ def _restore_torch_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+def translate_process(run: Path, stderr=subprocess.PIPE) -> subprocess.Popen:
+    """`nmt translate RUN --greedy` in a child process reading a stdin pipe (binary pipes)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "nmt", "translate", str(run), "--greedy"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )

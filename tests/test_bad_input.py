@@ -3,20 +3,16 @@ tokenizers, and interrupting a translation."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
-from conftest import tiny_recipe
+from conftest import tiny_recipe, translate_process
 from test_cli import assert_user_error, nmt
 
 from nmt import config, data
 
-ROOT = Path(__file__).resolve().parent.parent
 HUGE = " ".join(["the red dog saw a cat"] * 4000)[:100_000]  # a 100,000-character line
 
 
@@ -74,14 +70,7 @@ def test_interrupted_translation_leaves_only_complete_lines(trained_run, tmp_pat
     written, then the third waits for lines that never come.
     """
     lines = [f"The dog saw {n % 7} cats near the red house." for n in range(2500)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nmt", "translate", str(trained_run), "--greedy"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
+    process = translate_process(trained_run)
     try:
         process.stdin.write("".join(line + "\n" for line in lines).encode())
         process.stdin.flush()

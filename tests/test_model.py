@@ -169,7 +169,7 @@ def _decode_step_by_step(model, src, tgt, reorder_at=None, order=None):
         steps = []
         for t in range(tgt.shape[1]):
             if t == reorder_at:
-                model.reorder(cache, order)
+                model.reorder(cache, order, order)
                 memory, pad_mask, tgt = memory[order], pad_mask[order], tgt[order]
                 steps = [s[order] for s in steps]
             logits, _ = model.decode(tgt[:, t : t + 1], memory, pad_mask, cache, start=t)

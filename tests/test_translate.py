@@ -3,15 +3,12 @@ translated buffer by buffer, so output starts before the input ends."""
 
 from __future__ import annotations
 
-import os
 import select
 import subprocess
-import sys
-from pathlib import Path
+
+from conftest import translate_process
 
 from nmt.translate import Translator
-
-ROOT = Path(__file__).resolve().parent.parent
 
 LINES = [
     "The dog laughed.",
@@ -55,13 +52,7 @@ def test_stdin_output_starts_before_the_input_ends(trained_run):
     open, then the rest in input order (empty and whitespace-only lines included)."""
     first_buffer = [f"The dog saw {n % 7} cats near the red house." for n in range(1000)]
     tail = ["A cat saw the boy.", "", "   ", "The girl ran."]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "nmt", "translate", str(trained_run), "--greedy"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
+    process = translate_process(trained_run, stderr=subprocess.DEVNULL)
     try:
         process.stdin.write("".join(line + "\n" for line in first_buffer).encode())
         process.stdin.flush()
