@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
+from nmt import lock
 from nmt.errors import NmtError
 
 app = typer.Typer(
@@ -293,7 +294,8 @@ def translate(
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()
         else:
-            _write_atomically(output, formatted)
+            with lock.hold_if_run_folder(output.parent, "write a translation"):
+                _write_atomically(output, formatted)
 
 
 def _plotting(records: Iterator, folder: Path, source_pieces: Callable) -> Iterator:
@@ -388,7 +390,8 @@ def average(
             raise NmtError(f"{output} exists; use --force to replace it")
         if not output.parent.is_dir():
             raise NmtError(f"output folder does not exist: {output.parent}")
-        ckpt.save(ckpt.average(paths), output)
+        with lock.hold_if_run_folder(output.parent, "write an averaged checkpoint"):
+            ckpt.save(ckpt.average(paths), output)
         stderr.print(f"averaged {len(paths)} checkpoints into {output}")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from nmt import config
+from nmt import config, lock
 from nmt.config import Recipe
 from nmt.errors import NmtError
 from nmt.tokenizer import BOS, EOS, PAD, Tokenizer, train_sentencepiece
@@ -232,8 +232,14 @@ def preprocess(recipe: Recipe, force: bool = False) -> dict:
     """Check, tokenize, filter and binarize the recipe's data into `recipe.prepared_dir`.
 
     Everything is written to a temporary sibling folder that replaces the old one only when
-    complete, so a failure never leaves a half-written or half-overwritten folder behind.
+    complete, so a failure never leaves a half-written or half-overwritten folder behind. The
+    run folder's lock is held meanwhile: a run training on that data is never changed under it.
     """
+    with lock.hold(Path(recipe.run_dir), "preprocess"):
+        return _preprocess(recipe, force)
+
+
+def _preprocess(recipe: Recipe, force: bool) -> dict:
     out = recipe.prepared_dir
     if out.exists() and any(out.iterdir()) and not force:
         raise NmtError(f"{out} already holds preprocessed data; use --force to replace it")

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nmt import checkpoint, config, distributed
+from nmt import checkpoint, config, distributed, lock
 from nmt.config import Recipe
 from nmt.data import Batch, ParallelDataset, Prepared, collate, token_batches
 from nmt.device import autocast, resolve_device, resolve_precision
@@ -575,4 +576,9 @@ class _StopOnSignal:
 
 
 def train(recipe: Recipe, force: bool = False, progress: bool = True) -> TrainResult:
-    return Trainer(recipe, force=force, progress=progress).train()
+    """Train (or resume) the recipe's run, holding its folder's lock for the whole run (rank 0
+    alone under torchrun: the other ranks write nothing there)."""
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    held = lock.hold(Path(recipe.run_dir), "train") if is_main else contextlib.nullcontext()
+    with held:
+        return Trainer(recipe, force=force, progress=progress).train()

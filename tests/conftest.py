@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -115,6 +116,13 @@ def _restore_torch_threads():
     torch.set_num_threads(threads)
 
 
+def default_sigint() -> None:
+    """For `preexec_fn`: the child handles SIGINT by default (Python turns it into
+    KeyboardInterrupt), even when the suite itself was started with SIGINT ignored, as a shell
+    starts background jobs (`nohup`, `cmd &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def translate_process(run: Path, stderr=subprocess.PIPE) -> subprocess.Popen:
     """`nmt translate RUN --greedy` in a child process reading a stdin pipe (binary pipes)."""
     return subprocess.Popen(
@@ -123,4 +131,5 @@ def translate_process(run: Path, stderr=subprocess.PIPE) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=stderr,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
+        preexec_fn=default_sigint,
     )

@@ -104,7 +104,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, small_corpus, prepa
     process = nmt_train(recipe)
     wait_for_step(tmp_path / "run", 10, process)  # last.pt was saved at step 8
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.wait(timeout=60)
     assert (tmp_path / "run" / "last.pt").is_file()
     resumed = nmt_train(recipe)
     _, err = resumed.communicate(timeout=300)
