@@ -41,7 +41,7 @@ def _parse_setting(spec: str) -> tuple[str, dict]:
 
 
 def _measure(args: argparse.Namespace, name: str, values: dict) -> dict:
-    from nmt.data import read_lines
+    from nmt.files import read_lines
     from nmt.translate import Translator
 
     lines = list(read_lines(Path(args.input)))
@@ -70,7 +70,7 @@ def _measure(args: argparse.Namespace, name: str, values: dict) -> dict:
 def _profile(args: argparse.Namespace, name: str, values: dict) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    from nmt.data import read_lines
+    from nmt.files import read_lines
     from nmt.translate import Translator
 
     lines = list(read_lines(Path(args.input)))

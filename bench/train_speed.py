@@ -32,8 +32,10 @@ def _rss_bytes() -> int:
 def measure(recipe_path: str, overrides: list[str], steps: int, windows: int) -> dict:
     """Time `windows` windows of `steps` updates each, after two warm-up updates."""
     from nmt import config
+    from nmt.device import resolve_device
+    from nmt.distributed import World
     from nmt.model import count_parameters
-    from nmt.train import Trainer
+    from nmt.train import Run
 
     with tempfile.TemporaryDirectory() as run_dir:
         # A throwaway run folder, but the recipe's own preprocessed data.
@@ -41,12 +43,17 @@ def measure(recipe_path: str, overrides: list[str], steps: int, windows: int) ->
         recipe = config.load(
             recipe_path, overrides + [f"run_dir={run_dir}", f"data.prepared_dir={prepared}"]
         )
-        trainer = Trainer(recipe, force=True, progress=False)
-        cuda = trainer.device.type == "cuda"
-        updates = (g for epoch in range(1, 1000) for g in trainer._updates(epoch))
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)
+        device = resolve_device(recipe.train.device)
+        run = Run.start(recipe, device, World(), force=True)
+        trainer = run.trainer
+        cuda = device.type == "cuda"
+        lr = recipe.train.lr
+        updates = (g for epoch in range(1, 1000) for g in run.epoch_updates(epoch))
         rss_before = _rss_bytes()
         for _ in range(2):
-            trainer._update(next(updates))
+            trainer.update(next(updates), lr)
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -55,7 +62,7 @@ def measure(recipe_path: str, overrides: list[str], steps: int, windows: int) ->
             tokens = 0
             start = time.perf_counter()
             for _ in range(steps):
-                tokens += trainer._update(next(updates))[1]
+                tokens += trainer.update(next(updates), lr).tokens
             if cuda:
                 torch.cuda.synchronize()
             elapsed = time.perf_counter() - start

@@ -7,7 +7,7 @@
 - key_padding_mask (B, S), True where the key is padding;
 - causal: query position i sees key positions <= i (decoder self-attention, full sequences);
 - cache: a dict owned by the caller, used during incremental decoding. Self-attention appends
-  each step's keys/values to it; cross-attention (`static_kv=True` at construction) computes the
+  each step's keys/values to it; cross-attention (`cross=True` at construction) computes the
   projected keys/values of the memory once and reuses them for every later step;
 - weights (B, H, L, S) when need_weights, else None.
 """
@@ -21,49 +21,58 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _rows(linear: nn.Linear, start: int, stop: int) -> nn.Linear:
+    """A linear layer computing output rows start..stop of `linear` (a copy of its weights)."""
+    part = torch.nn.utils.skip_init(nn.Linear, linear.in_features, stop - start)
+    with torch.no_grad():
+        part.weight.copy_(linear.weight[start:stop])
+        part.bias.copy_(linear.bias[start:stop])
+    return part
+
+
 class Attention(nn.Module):
     """What every mechanism shares: the Q/K/V projections, heads, masks and the cache.
 
-    Q, K and V come from one (3·d_model × d_model) projection, laid out like
-    torch.nn.MultiheadAttention's in_proj_weight, split into `heads` heads of d_model/heads, and
-    the heads' outputs are merged by `out_proj`. A subclass says only how a query and a key are
-    scored (`scores`), and may compute the whole product faster (`attend`).
+    Self-attention projects Q, K and V with one (3·d_model × d_model) `in_proj`, laid out like
+    torch.nn.MultiheadAttention's in_proj_weight; cross-attention (`cross=True`) reads a fixed
+    memory, so it projects the query with `q_proj` and the memory with `kv_proj` (its keys and
+    values are cached once per sentence). Projections are split into `heads` heads of
+    d_model/heads, and the heads' outputs are merged by `out_proj`. A subclass says only how a
+    query and a key are scored (`scores`), and may compute the whole product faster (`attend`).
     """
 
-    def __init__(self, d_model: int, heads: int, dropout: float = 0.0, static_kv: bool = False):
+    def __init__(self, d_model: int, heads: int, dropout: float = 0.0, cross: bool = False):
         super().__init__()
         self.d_model, self.heads, self.head_dim = d_model, heads, d_model // heads
         self.dropout = dropout
-        self.static_kv = static_kv
-        self.in_proj = nn.Linear(d_model, 3 * d_model)
+        self.cross = cross
+        # Xavier-initialised weights and zero biases, drawn as one (3·d_model × d_model) matrix
+        # whatever the layout, so a recipe starts from the same weights either way.
+        in_proj = nn.Linear(d_model, 3 * d_model)
         self.out_proj = nn.Linear(d_model, d_model)
-        nn.init.xavier_uniform_(self.in_proj.weight)
-        nn.init.zeros_(self.in_proj.bias)
-        nn.init.xavier_uniform_(self.out_proj.weight)
-        nn.init.zeros_(self.out_proj.bias)
-        # Set by nmt.quantize.quantize_int8: int8 copies of in_proj's query rows and key/value
-        # rows, since a quantized in_proj has no float weight to slice.
-        self.int8_q: nn.Module | None = None
-        self.int8_kv: nn.Module | None = None
+        for linear in (in_proj, self.out_proj):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        if cross:
+            self.q_proj = _rows(in_proj, 0, d_model)
+            self.kv_proj = _rows(in_proj, d_model, 3 * d_model)
+        else:
+            self.in_proj = in_proj
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape  # (B, N, H*Dh) -> (B, H, N, Dh)
         return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
 
-    def _project_q(self, query: torch.Tensor) -> torch.Tensor:
-        if self.int8_q is not None:
-            return self._split(self.int8_q(query))
-        d = self.d_model
-        return self._split(F.linear(query, self.in_proj.weight[:d], self.in_proj.bias[:d]))
-
-    def _project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.int8_kv is not None:
-            kv = self.int8_kv(memory)
-        else:
-            d = self.d_model
-            kv = F.linear(memory, self.in_proj.weight[d:], self.in_proj.bias[d:])
-        k, v = kv.chunk(2, dim=-1)
-        return self._split(k), self._split(v)
+    def _project(
+        self, query: torch.Tensor, memory: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.cross:
+            k, v = self.kv_proj(memory).chunk(2, dim=-1)
+            return self._split(self.q_proj(query)), self._split(k), self._split(v)
+        q, k, v = self.in_proj(query).chunk(3, dim=-1)
+        if memory is not query:  # self-attention over another sequence (tests, mostly)
+            _, k, v = self.in_proj(memory).chunk(3, dim=-1)
+        return self._split(q), self._split(k), self._split(v)
 
     def forward(
         self,
@@ -75,19 +84,16 @@ class Attention(nn.Module):
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         d = self.d_model
-        if memory is query and cache is None:
-            q, k, v = (self._split(t) for t in self.in_proj(query).chunk(3, dim=-1))
+        if self.cross and cache is not None and "k" in cache:
+            # The memory's keys and values were projected at the first step.
+            q, k, v = self._split(self.q_proj(query)), cache["k"], cache["v"]
         else:
-            q = self._project_q(query)
-            if cache is not None and self.static_kv and "k" in cache:
-                k, v = cache["k"], cache["v"]
-            else:
-                k, v = self._project_kv(memory)
-                if cache is not None:
-                    if not self.static_kv and "k" in cache:
-                        k = torch.cat([cache["k"], k], dim=2)
-                        v = torch.cat([cache["v"], v], dim=2)
-                    cache["k"], cache["v"] = k, v
+            q, k, v = self._project(query, memory)
+            if cache is not None:
+                if not self.cross and "k" in cache:
+                    k = torch.cat([cache["k"], k], dim=2)
+                    v = torch.cat([cache["v"], v], dim=2)
+                cache["k"], cache["v"] = k, v
         mask = None
         if key_padding_mask is not None:
             mask = ~key_padding_mask[:, None, None, :]  # True = may attend
@@ -166,11 +172,11 @@ class LuongAttention(Attention):
         d_model,
         heads,
         dropout=0.0,
-        static_kv=False,
+        cross=False,
         score: str = "general",
         scaled: bool = False,
     ):
-        super().__init__(d_model, heads, dropout, static_kv)
+        super().__init__(d_model, heads, dropout, cross)
         self.score = score
         self.scale = 1.0 / math.sqrt(self.head_dim) if scaled else 1.0
         if score == "general":
@@ -256,8 +262,8 @@ class BahdanauAttention(Attention):
 
     chunk_elements = 1 << 24  # 64 MiB of fp32 per chunk
 
-    def __init__(self, d_model, heads, dropout=0.0, static_kv=False):
-        super().__init__(d_model, heads, dropout, static_kv)
+    def __init__(self, d_model, heads, dropout=0.0, cross=False):
+        super().__init__(d_model, heads, dropout, cross)
         self.v = nn.Parameter(torch.empty(heads, self.head_dim).uniform_(-0.1, 0.1))
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

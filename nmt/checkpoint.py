@@ -1,4 +1,17 @@
-"""Checkpoints: one file holds the weights, the resolved recipe and the tokenizer models.
+"""Checkpoints: what one file holds, how it is written and read, and how older ones are upgraded.
+
+This module owns the schema. Every checkpoint holds
+
+    format       FORMAT (older formats are upgraded on load, see `_upgrade`)
+    model        the weights (a state_dict)
+    model_args   the model's constructor arguments besides the recipe's `model` section:
+                 vocabulary sizes and whether all embeddings are shared
+    recipe       the resolved recipe (a plain mapping)
+    tokenizers   the SentencePiece models, serialized ({"src": bytes, "tgt": bytes})
+    step         the update the weights are from
+
+and a training checkpoint (last.pt) also `train_state` (nmt.train.TrainState as a mapping),
+`optimizer`, `scaler` and `rng`. An averaged one lists its sources in `averaged`.
 
 Saving is atomic (temporary file, fsync, rename), so a crash or a full disk during a save leaves
 the previous checkpoint intact. Loading uses `torch.load(weights_only=True)`, which refuses
@@ -7,61 +20,123 @@ pickled code: a checkpoint can carry tensors, numbers, strings and bytes, nothin
 
 from __future__ import annotations
 
-import os
+import json
+import logging
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nmt import config
 from nmt.errors import NmtError
+from nmt.files import atomic_write
 
-FORMAT = 1
+log = logging.getLogger("nmt")
+
+FORMAT = 2
 REQUIRED = ("format", "model", "recipe", "tokenizers")
+AVERAGED = "averaged.pt"
+SELECTED = "selected.json"  # which checkpoint `nmt translate RUN_DIR` uses, and why
+
+
+def model_state(model: torch.nn.Module, recipe: config.Recipe, prepared: Any, step: int) -> dict:
+    """The weights with everything needed to rebuild and use them (`prepared`: nmt.data.Prepared)."""
+    return {
+        "model": model.state_dict(),
+        "model_args": {
+            "src_vocab": len(prepared.src_tok),
+            "tgt_vocab": len(prepared.tgt_tok),
+            "share_all": bool(prepared.manifest["joint"] and recipe.model.share_all_embeddings),
+        },
+        "recipe": config.to_dict(recipe),
+        "tokenizers": {"src": prepared.src_tok.proto, "tgt": prepared.tgt_tok.proto},
+        "step": step,
+    }
+
+
+def training_state(
+    model: torch.nn.Module,
+    recipe: config.Recipe,
+    prepared: Any,
+    step: int,
+    train_state: dict,
+    optimizer_state: dict,
+) -> dict:
+    """A checkpoint to resume from: the model's, plus the trainer's state (`optimizer`,
+    `scaler`), the loop's `train_state` and the RNG states."""
+    return {
+        **model_state(model, recipe, prepared, step),
+        **optimizer_state,
+        "train_state": train_state,
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    }
+
+
+def restore_rng(state: dict) -> None:
+    rng = state.get("rng", {})
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    if rng.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
 
 
 def save(state: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_write(path, "wb") as f:
+            torch.save({**state, "format": FORMAT}, f)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise NmtError(f"cannot write checkpoint {path}: {e.strerror or e}") from None
     except RuntimeError as e:
-        tmp.unlink(missing_ok=True)
         if "write" not in str(e):
             raise
         # torch.save's zip writer reports a full disk as a RuntimeError.
         raise NmtError(
             f"cannot write checkpoint {path}: write failed (is the disk full?)"
         ) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint file, or the one a run folder offers: the one `selected.json` names
+    (written by train.average_last), else best.pt, else last.pt."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    selection = path / SELECTED
+    if selection.is_file():
+        try:
+            chosen = path / json.loads(selection.read_text(encoding="utf-8"))["checkpoint"]
+        except (ValueError, KeyError, TypeError, OSError):
+            raise NmtError(f"{selection} is corrupted; delete it to use best.pt") from None
+        if chosen.is_file():
+            return chosen
+    for name in ("best.pt", "last.pt"):
+        if (path / name).is_file():
+            return path / name
+    raise NmtError(f"no checkpoint (best.pt or last.pt) in the folder {path}")
+
+
+def read_selection(run_dir: Path) -> dict[str, float]:
+    """The validation BLEU of each candidate, as `write_selection` recorded it ({} if none)."""
     try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
+        return dict(json.loads((run_dir / SELECTED).read_text(encoding="utf-8"))["valid_bleu"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def write_selection(run_dir: Path, chosen: str, scores: dict[str, float], reason: str) -> None:
+    text = json.dumps({"checkpoint": chosen, "valid_bleu": scores, "reason": reason}, indent=2)
+    with atomic_write(run_dir / SELECTED) as f:
+        f.write(text + "\n")
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise NmtError(f"no checkpoint (best.pt or last.pt) in the folder {path}")
+    path = resolve(path)
     if path.is_file() and not zipfile.is_zipfile(path):
         # torch.save has written zip archives since PyTorch 1.6; anything else is not ours.
         raise NmtError(f"{path} is not a readable checkpoint (not a PyTorch zip archive)")
@@ -69,6 +144,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         state = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise NmtError(f"checkpoint not found: {path}") from None
+    except IsADirectoryError:
+        raise NmtError(f"expected a checkpoint file, found a folder: {path}") from None
     except pickle.UnpicklingError:
         raise NmtError(
             f"{path} holds objects other than weights and settings; refusing to load it "
@@ -81,9 +158,101 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         ) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED):
         raise NmtError(f"{path} is not an nmt checkpoint")
-    if state["format"] != FORMAT:
-        raise NmtError(f"{path} has checkpoint format {state['format']}; this nmt reads {FORMAT}")
+    if state["format"] > FORMAT:
+        raise NmtError(
+            f"{path} has checkpoint format {state['format']}; this nmt reads up to {FORMAT} "
+            "(upgrade nmt)"
+        )
+    return _upgrade(state)
+
+
+def _upgrade(state: dict) -> dict:
+    """Bring a checkpoint of an older format to this one, step by step (as fairseq's
+    `upgrade_state_dict_named` does): new code reads old runs."""
+    if state["format"] == 1:
+        state = _upgrade_1_to_2(state)
     return state
+
+
+def _upgrade_1_to_2(state: dict) -> dict:
+    """Format 1 kept no constructor arguments, the trainer's counters at the top level, each
+    attention's Q/K/V in one `in_proj` and no `output_projection` of its own."""
+    weights = dict(state["model"])
+    recipe = state["recipe"]
+    # What training used: the tokenizer's `joint` setting (format 1's loader compared the two
+    # SentencePiece models instead, which untied a `joint: false` model with equal models).
+    joint = recipe.get("tokenizer", {}).get("joint", True)
+    share = recipe.get("model", {}).get("share_all_embeddings", True)
+    for name in [n for n in weights if n.endswith("cross_attn.in_proj.weight")]:
+        prefix = name.removesuffix("in_proj.weight")
+        w, b = weights.pop(name), weights.pop(prefix + "in_proj.bias")
+        d = w.shape[1]
+        weights[prefix + "q_proj.weight"], weights[prefix + "q_proj.bias"] = w[:d], b[:d]
+        weights[prefix + "kv_proj.weight"], weights[prefix + "kv_proj.bias"] = w[d:], b[d:]
+    weights["output_projection.weight"] = weights["tgt_embed.weight"]
+    upgraded = {key: state[key] for key in ("recipe", "tokenizers", "averaged") if key in state}
+    upgraded.update(
+        format=2,
+        model=weights,
+        model_args={
+            "src_vocab": weights["src_embed.weight"].shape[0],
+            "tgt_vocab": weights["tgt_embed.weight"].shape[0],
+            "share_all": bool(joint and share),
+        },
+        step=state.get("step", 0),
+    )
+    if "optimizer" in state:
+        nonfinite, oom = state.get("skipped", [0, 0])
+        upgraded.update(
+            optimizer=state["optimizer"],
+            scaler=state["scaler"],
+            rng=state.get("rng", {}),
+            train_state={
+                "step": state["step"],
+                "epoch": state["epoch"],
+                "epoch_updates": state.get("epoch_updates", 0),
+                "best_bleu": state["best_bleu"],
+                "last_bleu": state.get("last_bleu", state["best_bleu"]),
+                "bad_validations": state.get("bad_validations", 0),
+                "nonfinite_skipped": nonfinite,
+                "oom_skipped": oom,
+            },
+        )
+    return upgraded
+
+
+def load_model(
+    state: dict[str, Any], path: Path | str = "checkpoint"
+) -> tuple[config.Recipe, torch.nn.Module, Any, Any]:
+    """Rebuild the recipe, the model (weights loaded) and both tokenizers from a loaded
+    checkpoint."""
+    from nmt.model import build_model
+    from nmt.tokenizer import Tokenizer
+
+    try:
+        recipe = config.from_dict(state["recipe"])
+    except NmtError as e:
+        raise NmtError(f"{path}: its recipe is invalid for this nmt ({e})") from None
+    src_tok = Tokenizer(state["tokenizers"]["src"])
+    tgt_tok = Tokenizer(state["tokenizers"]["tgt"])
+    args = state["model_args"]
+    if (args["src_vocab"], args["tgt_vocab"]) != (len(src_tok), len(tgt_tok)):
+        raise NmtError(
+            f"{path}: its SentencePiece models have {len(src_tok)}/{len(tgt_tok)} pieces but the "
+            f"model was built for {args['src_vocab']}/{args['tgt_vocab']}"
+        )
+    model = build_model(recipe.model, args["src_vocab"], args["tgt_vocab"], args["share_all"])
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        # The first line only says "Error(s) in loading state_dict"; the next one says which.
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        first = lines[1] if len(lines) > 1 else lines[0]
+        first = first if len(first) < 200 else first[:200] + "..."
+        raise NmtError(
+            f"{path}: weights do not match the model its recipe describes ({first})"
+        ) from None
+    return recipe, model, src_tok, tgt_tok
 
 
 def step_checkpoints(run_dir: Path) -> list[Path]:
@@ -98,13 +267,16 @@ def step_checkpoints(run_dir: Path) -> list[Path]:
 
 def average(paths: list[Path]) -> dict[str, Any]:
     """The element-wise mean of the checkpoints' weights (accumulated in float64), with the
-    first checkpoint's recipe and tokenizers. All must share the model and the tokenizers."""
+    first checkpoint's recipe, tokenizers and constructor arguments. All must share the model
+    and the tokenizers."""
     if not paths:
         raise NmtError("no checkpoints to average")
     first = load(paths[0])
     sums = {k: v.double() for k, v in first["model"].items()}
+    steps = [first["step"]]
     for path in paths[1:]:
         state = load(path)
+        steps.append(state["step"])
         if state["recipe"]["model"] != first["recipe"]["model"]:
             raise NmtError(f"{path} has another model than {paths[0]}; only average one model")
         if state["tokenizers"] != first["tokenizers"]:
@@ -116,7 +288,9 @@ def average(paths: list[Path]) -> dict[str, Any]:
     model = {k: (v / len(paths)).to(first["model"][k].dtype) for k, v in sums.items()}
     return {
         "model": model,
+        "model_args": first["model_args"],
         "recipe": first["recipe"],
         "tokenizers": first["tokenizers"],
+        "step": max(steps),
         "averaged": [str(p) for p in paths],
     }

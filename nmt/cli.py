@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional
@@ -238,43 +236,23 @@ def translate(
     ] = "none",
 ) -> None:
     """Translate lines of text (a file or stdin), one output line per input line."""
-    from nmt.data import read_lines
+    from nmt.files import read_lines, write_lines
     from nmt.translate import Translator
 
     with user_errors():
+        # Every flag is checked before a model is loaded.
         if input is not None and not input.is_file():
             raise NmtError(f"input file not found: {input}")
         if output is not None and not output.parent.is_dir():
             raise NmtError(f"output folder does not exist: {output.parent}")
-        translator = Translator.load(
-            checkpoints,
-            device=device,
-            precision=precision,
-            quantize=quantize,
-            method="sample" if sample else "greedy" if greedy else None,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            sampling_seed=seed,
-            min_len=min_len,
-            no_repeat_ngram=no_repeat_ngram,
-            beam_size=beam_size,
-            length_penalty=length_penalty,
-            max_len_a=max_len_a,
-            max_len_b=max_len_b,
-            batch_tokens=batch_tokens,
-            batch_size=batch_size,
-        )
         if output_format not in ("text", "jsonl"):
             raise NmtError(f"unknown --output-format '{output_format}'; use text or jsonl")
         if nbest < 1:
             raise NmtError("--nbest must be at least 1")
-        lines = read_lines(input) if input is not None else _stdin_lines()
         if alignment and output_format != "jsonl":
             raise NmtError("--alignment needs --output-format jsonl")
-        records = translator.stream_nbest(
-            lines, nbest, alignment=alignment, attention=plot_attention is not None
-        )
+        if greedy and sample:
+            raise NmtError("--greedy and --sample exclude each other; give one")
         if plot_attention is not None:
             from nmt import plot
 
@@ -283,19 +261,48 @@ def translate(
                 plot_attention.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise NmtError(f"cannot create {plot_attention}: {e.strerror}") from None
-            records = _plotting(records, plot_attention, translator.src_tok.pieces)
-        if output_format == "jsonl":
-            pieces = translator.src_tok.pieces if alignment else None
-            formatted = _format_jsonl(records, pieces)
-        else:
-            formatted = _format_text(records, nbest)
-        if output is None:
-            for line in formatted:
-                sys.stdout.write(line + "\n")
-                sys.stdout.flush()
-        else:
-            with lock.hold_if_run_folder(output.parent, "write a translation"):
-                _write_atomically(output, formatted)
+        decoding = {
+            "method": "sample" if sample else "greedy" if greedy else None,
+            "temperature": temperature,
+            "top_k": top_k,
+            "top_p": top_p,
+            "sampling_seed": seed,
+            "min_len": min_len,
+            "no_repeat_ngram": no_repeat_ngram,
+            "beam_size": beam_size,
+            "length_penalty": length_penalty,
+            "max_len_a": max_len_a,
+            "max_len_b": max_len_b,
+            "batch_tokens": batch_tokens,
+            "batch_size": batch_size,
+        }
+        held = contextlib.nullcontext()
+        if output is not None:
+            held = lock.hold_if_run_folder(output.parent, "write a translation")
+        with held:
+            translator = Translator.load(
+                checkpoints, device=device, precision=precision, quantize=quantize, **decoding
+            )
+            if input is not None:
+                lines = read_lines(input)
+            else:
+                lines = read_lines(sys.stdin.buffer, "standard input")
+            records = translator.stream_nbest(
+                lines, nbest, alignment=alignment, attention=plot_attention is not None
+            )
+            if plot_attention is not None:
+                records = _plotting(records, plot_attention, translator.src_tok.pieces)
+            if output_format == "jsonl":
+                pieces = translator.src_tok.pieces if alignment else None
+                formatted = _format_jsonl(records, pieces)
+            else:
+                formatted = _format_text(records, nbest)
+            if output is None:
+                for line in formatted:
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+            else:
+                write_lines(output, formatted)
 
 
 def _plotting(records: Iterator, folder: Path, source_pieces: Callable) -> Iterator:
@@ -322,38 +329,55 @@ def _format_text(records: Iterator, nbest: int) -> Iterator[str]:
 
 
 def _format_jsonl(records: Iterator, source_pieces: Callable | None = None) -> Iterator[str]:
+    from nmt.translate import jsonl_record
+
     for index, (source, translations) in enumerate(records):
-        nbest = []
-        for t in translations:
-            hyp = {"translation": t.text, "score": t.score, "norm_score": t.norm_score}
-            if t.alignment is not None:
-                hyp["tokens"], hyp["alignment"] = t.pieces, t.alignment
-            nbest.append(hyp)
-        record = {"id": index, "source": source, "nbest": nbest}
+        pieces = None
         if source_pieces is not None and source.strip():
-            record["source_tokens"] = source_pieces(source) + ["</s>"]
-        yield json.dumps(record, ensure_ascii=False)
+            pieces = source_pieces(source) + ["</s>"]
+        yield json.dumps(jsonl_record(index, source, translations, pieces), ensure_ascii=False)
 
 
-def _stdin_lines() -> Iterator[str]:
-    for number, raw in enumerate(sys.stdin.buffer, start=1):
-        try:
-            yield raw.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            raise NmtError(f"standard input, line {number}: not valid UTF-8") from None
-
-
-def _write_atomically(path: Path, lines: Iterator[str]) -> None:
-    """Write to a temporary file beside `path`, then rename: a failure keeps the old file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _numbers(text: str, kind: type, option: str) -> list:
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        return [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise NmtError(f"{option} expects comma-separated numbers, got '{text}'") from None
+
+
+@app.command()
+def tune(
+    run_dir: Annotated[Path, typer.Argument(help="A trained run folder.", show_default=False)],
+    beam_size: Annotated[
+        str, typer.Option("--beam-size", "--beam", help="Beam sizes to try, comma-separated.")
+    ] = "4,5,8",
+    length_penalty: Annotated[
+        str, typer.Option(help="GNMT length penalties (alpha) to try, comma-separated.")
+    ] = "0.6,0.8,1.0,1.2",
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    write: Annotated[
+        bool, typer.Option(help="Write the best settings into RUN_DIR/recipe.yaml.")
+    ] = True,
+) -> None:
+    """Choose beam size and length penalty on the validation set (never the test set); the
+    best go into RUN_DIR/recipe.yaml, which `nmt translate RUN_DIR` decodes with."""
+    from nmt.tune import tune as run_tuning
+
+    with user_errors():
+        beams = _numbers(beam_size, int, "--beam-size")
+        alphas = _numbers(length_penalty, float, "--length-penalty")
+        result = run_tuning(run_dir, beams, alphas, device=device, write=write)
+    print("beam\tlength_penalty\tvalid_bleu\tseconds")
+    for t in result.trials:
+        mark = "\t<- chosen" if t == result.best else ""
+        print(f"{t.beam_size}\t{t.length_penalty}\t{t.bleu:.2f}\t{t.seconds:.1f}{mark}")
+    where = f"written to {run_dir / 'recipe.yaml'}" if write else "not written (--no-write)"
+    stderr.print(
+        f"best on the validation set: beam {result.best.beam_size}, length penalty "
+        f"{result.best.length_penalty} (BLEU {result.best.bleu:.2f}, before "
+        f"{result.before.bleu:.2f}); {where}",
+        soft_wrap=True,
+    )
 
 
 @app.command()

@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from nmt.errors import NmtError
+from nmt.files import atomic_write
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,12 @@ class ModelConfig:
 class TrainConfig:
     max_tokens: int = 4096  # per batch, counting padding, max(source, target) side
     accum_steps: int = 1
-    lr: float = 5e-4
+    lr: float = 5e-4  # the peak, reached at the end of the warm-up
     warmup_steps: int = 4000
+    # After the warm-up: inverse_sqrt (never ends), or linear / cosine decay to min_lr at
+    # max_steps (or at the step max_time is expected to allow, when that comes first).
+    schedule: Literal["inverse_sqrt", "linear", "cosine"] = "inverse_sqrt"
+    min_lr: float = 0.0
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-9
     weight_decay: float = 0.0
@@ -143,8 +148,14 @@ class TrainConfig:
     label_smoothing: float = 0.1
     max_steps: int = 100_000
     max_epochs: int = 100
+    # A wall-clock budget for the whole `nmt train` (e.g. 2h, 90m, 1h30m, 45s, or seconds as a
+    # number): training stops in time to validate, save and average within it.
+    max_time: float | str | None = None
     patience: int = 10  # validations without a better BLEU before stopping; 0 disables
     keep_last: int = 0  # also keep step_<N>.pt of the last N validations (for `nmt average`)
+    # At the end, average the last N step checkpoints into averaged.pt and validate it; `nmt
+    # translate RUN_DIR` then uses whichever of best.pt and averaged.pt validated higher.
+    average_last: int = 0
     valid_every: int = 1000
     log_every: int = 50
     valid_search: Literal["greedy", "beam"] = "greedy"
@@ -169,7 +180,47 @@ class TrainConfig:
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
         _require(self.patience >= 0, "train.patience", "must be >= 0")
         _require(self.keep_last >= 0, "train.keep_last", "must be >= 0")
+        _require(self.average_last >= 0, "train.average_last", "must be >= 0")
+        _require(0 <= self.min_lr <= self.lr, "train.min_lr", "must be between 0 and train.lr")
+        if self.max_time is not None:
+            self.max_seconds  # noqa: B018 - parses, or names the key and the format
         _require(self.threads >= 0, "train.threads", "must be >= 0")
+
+    @property
+    def max_seconds(self) -> float | None:
+        """train.max_time in seconds (None: no budget)."""
+        if self.max_time is None:
+            return None
+        return parse_duration(self.max_time, "train.max_time")
+
+    @property
+    def checkpoints_kept(self) -> int:
+        """How many step checkpoints to keep: enough for `keep_last` and for `average_last`."""
+        return max(self.keep_last, self.average_last)
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(value: float | str, key: str) -> float:
+    """2h, 90m, 1h30m, 45s, 1.5h or a number of seconds -> seconds."""
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip().lower()
+        match = _DURATION.fullmatch(text)
+        if _FLOAT.fullmatch(text):
+            seconds = float(text)
+        elif text and match and any(match.groups()):
+            h, m, s = (float(g) if g else 0.0 for g in match.groups())
+            seconds = 3600 * h + 60 * m + s
+        else:
+            raise NmtError(
+                f"recipe key '{key}' must be a duration such as 2h, 90m, 1h30m or 45s, "
+                f"got {value!r}"
+            )
+    _require(seconds > 0, key, "must be a positive duration")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -427,6 +478,16 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     return from_dict(tree)
 
 
+def read_decode(path: Path) -> DecodeConfig:
+    """The `decode` section of a recipe file (a run folder's recipe.yaml, say), validated."""
+    tree = read_yaml(path).get("decode") or {}
+    if not isinstance(tree, dict):
+        raise NmtError(f"{path}: 'decode' must be a mapping of settings")
+    decode = _build(DecodeConfig, tree, "decode")
+    decode.validate()
+    return decode
+
+
 def to_dict(recipe: Recipe) -> dict:
     def plain(value: Any) -> Any:
         if isinstance(value, tuple):
@@ -441,4 +502,5 @@ def to_dict(recipe: Recipe) -> dict:
 def dump(recipe: Recipe, path: Path) -> None:
     """Write the resolved recipe (absolute paths, every default spelled out)."""
     text = yaml.safe_dump(to_dict(recipe), sort_keys=False)
-    path.write_text(f"# Resolved recipe written by nmt; `nmt train {path.name}` reruns it.\n{text}")
+    with atomic_write(path) as f:
+        f.write(f"# Resolved recipe written by nmt; `nmt train {path.name}` reruns it.\n{text}")

@@ -25,34 +25,13 @@ import torch
 from nmt import config, lock
 from nmt.config import Recipe
 from nmt.errors import NmtError
+from nmt.files import read_lines
 from nmt.tokenizer import BOS, EOS, PAD, Tokenizer, train_sentencepiece
 
 log = logging.getLogger("nmt")
 
 MANIFEST = "manifest.json"
 ENCODE_CHUNK = 20_000  # lines encoded per SentencePiece call: bounded memory, few Python calls
-
-
-def read_lines(path: Path) -> Iterator[str]:
-    """Yield the lines of a UTF-8 text file without their line endings (LF or CRLF)."""
-    try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; binary so we can name bad lines
-    except FileNotFoundError:
-        raise NmtError(f"file not found: {path}") from None
-    except IsADirectoryError:
-        raise NmtError(f"expected a text file, found a folder: {path}") from None
-    except PermissionError:
-        raise NmtError(f"cannot read {path}: permission denied") from None
-    with f:
-        for number, raw in enumerate(f, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise NmtError(
-                    f"{path}, line {number}: not valid UTF-8 (byte {e.start + 1} of the line); "
-                    "convert the file to UTF-8"
-                ) from None
-            yield line.rstrip("\r\n")
 
 
 def read_parallel(src_path: Path, tgt_path: Path) -> Iterator[tuple[str, str]]:
@@ -443,23 +422,37 @@ def token_batches(
     order = order[torch.argsort(src_lengths[order], stable=True)]
     order = order[torch.argsort(tgt_lengths[order], stable=True)]
     sizes = size[order].tolist()
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for idx, length in zip(order.tolist(), sizes):
-        if length > max_tokens:
-            raise NmtError(
-                f"a sentence of {length} tokens does not fit train.max_tokens={max_tokens}; "
-                "raise train.max_tokens or lower filter.max_len"
-            )
-        if current and max(longest, length) * (len(current) + 1) > max_tokens:
-            batches.append(current)
-            current, longest = [], 0
-        current.append(idx)
-        longest = max(longest, length)
-    if current:
-        batches.append(current)
+    largest = max(sizes, default=0)
+    if largest > max_tokens:
+        raise NmtError(
+            f"a sentence of {largest} tokens does not fit train.max_tokens={max_tokens}; "
+            "raise train.max_tokens or lower filter.max_len"
+        )
+    batches = batches_by_size(order.tolist(), sizes, max_tokens)
     if generator is not None:
         perm = torch.randperm(len(batches), generator=generator).tolist()
         batches = [batches[i] for i in perm]
+    return batches
+
+
+def batches_by_size(
+    items: Sequence[int], sizes: Sequence[int], max_tokens: int, max_items: int = 0
+) -> list[list[int]]:
+    """Cut `items` (in the order given, usually sorted by size) into consecutive batches whose
+    padded size, items × the largest size, is at most `max_tokens`, with at most `max_items`
+    items each (0: no limit). An item larger than `max_tokens` makes a batch of its own."""
+    most = max_items or len(items)
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for item, size in zip(items, sizes):
+        if current and (
+            max(longest, size) * (len(current) + 1) > max_tokens or len(current) >= most
+        ):
+            batches.append(current)
+            current, longest = [], 0
+        current.append(item)
+        longest = max(longest, size)
+    if current:
+        batches.append(current)
     return batches

@@ -66,6 +66,15 @@ def broadcast_flag(flag: bool, world: World, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def broadcast_number(value: float, world: World, device: torch.device) -> float:
+    """Rank 0's value, for every rank."""
+    if not world.active:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t.item())
+
+
 def teardown(world: World) -> None:
     if world.active and dist.is_initialized():
         dist.destroy_process_group()

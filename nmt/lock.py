@@ -38,11 +38,13 @@ def hold(folder: Path, what: str) -> Iterator[None]:
 
     `what` says what this process is doing there ("train", "preprocess", ...).
     """
+    created = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         raise NmtError(f"cannot create the lock file in {folder}: {e.strerror}") from None
+    succeeded = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -56,10 +58,16 @@ def hold(folder: Path, what: str) -> Iterator[None]:
         os.pwrite(fd, json.dumps(record).encode(), 0)
         try:
             yield
+            succeeded = True
         finally:
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+        if created and not succeeded and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            # A failure before anything was written leaves no folder behind.
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def hold_if_run_folder(folder: Path, what: str) -> contextlib.AbstractContextManager:

@@ -13,8 +13,8 @@ from pathlib import Path
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.significance import PairedTest
 
-from nmt.data import read_lines
 from nmt.errors import NmtError
+from nmt.files import read_lines
 
 METRICS = ("bleu", "chrf", "chrf++", "ter")
 

@@ -1,9 +1,11 @@
-"""Greedy and beam search over the cached decoder.
+"""Greedy search, sampling and beam search over any model with the decoding interface of
+nmt.model (start, step, reorder, max_output_length).
 
-Both decode a batch of sentences at once and drop sentences from the active batch as soon as
-they are finished, so no compute is spent on them. The decoder is fed one new token per step;
-earlier keys/values come from the cache (see nmt.attention), and the cache rows are reordered
-whenever beam search reorders hypotheses.
+Every search decodes a batch of sentences at once and drops sentences from the active batch as
+soon as they are finished, so no compute is spent on them. The model is fed one new token per
+row and step; beam search reorders the model's state whenever it reorders hypotheses.
+
+Options come in one object, the recipe's `decode` section (nmt.config.DecodeConfig).
 """
 
 from __future__ import annotations
@@ -12,9 +14,9 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from nmt.model import Seq2Seq
+from nmt.config import DecodeConfig
+from nmt.model import EncoderDecoder
 from nmt.tokenizer import BOS, EOS, PAD
 
 
@@ -22,7 +24,7 @@ from nmt.tokenizer import BOS, EOS, PAD
 class Hypothesis:
     tokens: list[int]  # without BOS and EOS
     score: float  # sum of token log-probabilities, EOS included
-    norm_score: float  # score after the length penalty: what beam search ranks by
+    norm_score: float  # score / length_penalty(length with EOS, alpha): what beam search ranks
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -31,21 +33,14 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 def max_lengths(src: torch.Tensor, a: float, b: int, limit: int) -> list[int]:
-    """Per-sentence output limit a * source length + b, capped by the model's positions."""
+    """Per-sentence output limit a * source length + b, capped by the model's limit."""
     src_len = src.ne(PAD).sum(dim=1).tolist()
     return [min(int(a * n + b), limit) for n in src_len]
 
 
-def _step_log_probs(
-    model: Seq2Seq,
-    tokens: torch.Tensor,
-    memory: torch.Tensor,
-    pad_mask: torch.Tensor,
-    cache: list,
-    step: int,
-) -> torch.Tensor:
-    logits, _ = model.decode(tokens[:, -1:], memory, pad_mask, cache, start=step)
-    lp = F.log_softmax(logits[:, -1].float(), dim=-1)
+def _next_log_probs(model: EncoderDecoder, state, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of the next token after `tokens` (B, 1); never PAD or BOS."""
+    lp = model.step(state, tokens)
     lp[:, PAD] = -math.inf
     lp[:, BOS] = -math.inf
     return lp
@@ -60,14 +55,14 @@ def _force_eos(lp: torch.Tensor, rows: list[int]) -> None:
         lp[at, EOS] = eos
 
 
-def _apply_constraints(
-    lp: torch.Tensor, tokens: torch.Tensor, step: int, min_len: int, no_repeat_ngram: int
+def _apply_length_and_repeat_rules(
+    lp: torch.Tensor, tokens: torch.Tensor, step: int, options: DecodeConfig
 ) -> None:
     """No EOS before `min_len` tokens; no token that would repeat an n-gram of the row's own
     output (`no_repeat_ngram` = n). `tokens` are the rows' outputs so far, BOS first."""
-    if step < min_len:
+    if step < options.min_len:
         lp[:, EOS] = -math.inf
-    n = no_repeat_ngram
+    n = options.no_repeat_ngram
     if n > 0 and step + 1 >= n:
         history = tokens[:, 1:].tolist()
         for row, seq in enumerate(history):
@@ -107,29 +102,44 @@ class Sampler:
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
 
 
+def search(
+    model: EncoderDecoder,
+    src: torch.Tensor,
+    options: DecodeConfig,
+    *,
+    nbest: int = 1,
+    generator: torch.Generator | None = None,
+) -> list[list[Hypothesis]]:
+    """The search `options.method` names; each sentence's hypotheses, best first (one for
+    greedy search and sampling; `generator` seeds sampling)."""
+    if options.method == "beam":
+        return beam_search(model, src, options, nbest=nbest)
+    return [[h] for h in greedy_search(model, src, options, generator=generator)]
+
+
 @torch.inference_mode()
 def greedy_search(
-    model: Seq2Seq,
+    model: EncoderDecoder,
     src: torch.Tensor,
-    max_len_a: float = 1.2,
-    max_len_b: int = 10,
-    min_len: int = 0,
-    no_repeat_ngram: int = 0,
-    sampler: Sampler | None = None,
+    options: DecodeConfig,
+    *,
+    generator: torch.Generator | None = None,
 ) -> list[Hypothesis]:
-    """The most likely token at each step or, with a `sampler`, a sampled one. Scores are the
-    model's own log-probabilities of the chosen tokens."""
+    """The most likely token at each step or, with `options.method == "sample"`, a sampled
+    one. Scores are the model's own log-probabilities of the chosen tokens."""
+    sampler = None
+    if options.method == "sample":
+        sampler = Sampler(options.temperature, options.top_k, options.top_p, generator)
     device = src.device
-    limits = max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1)
-    memory, pad_mask = model.encode(src)
-    cache = model.new_cache()
+    limits = max_lengths(src, options.max_len_a, options.max_len_b, model.max_output_length)
+    state = model.start(src)
     active = list(range(src.shape[0]))  # sentence of each row
     tokens = torch.full((len(active), 1), BOS, dtype=torch.long, device=device)
     scores = torch.zeros(len(active), device=device)
     results: list[Hypothesis | None] = [None] * len(active)
     for step in range(max(limits) + 1):
-        lp = _step_log_probs(model, tokens, memory, pad_mask, cache, step)
-        _apply_constraints(lp, tokens, step, min_len, no_repeat_ngram)
+        lp = _next_log_probs(model, state, tokens[:, -1:])
+        _apply_length_and_repeat_rules(lp, tokens, step, options)
         _force_eos(lp, [row for row, s in enumerate(active) if step >= limits[s]])
         if sampler is None:
             best_lp, best = lp.max(dim=-1)
@@ -145,8 +155,8 @@ def greedy_search(
         for row, sentence in enumerate(active):
             if done[row]:
                 score = scores[row].item()
-                length = step + 1
-                results[sentence] = Hypothesis(tokens[row, 1:-1].tolist(), score, score / length)
+                penalty = length_penalty(step + 1, options.length_penalty)
+                results[sentence] = Hypothesis(tokens[row, 1:-1].tolist(), score, score / penalty)
             else:
                 keep.append(row)
         if not keep:
@@ -154,37 +164,29 @@ def greedy_search(
         order = torch.tensor(keep, device=device)
         active = [active[r] for r in keep]
         tokens, scores = tokens[order], scores[order]
-        memory, pad_mask = memory[order], pad_mask[order]
-        model.reorder(cache, order, order)
+        model.reorder(state, order, order)
     return [r if r is not None else Hypothesis([], -math.inf, -math.inf) for r in results]
 
 
 @torch.inference_mode()
 def beam_search(
-    model: Seq2Seq,
-    src: torch.Tensor,
-    beam_size: int = 5,
-    alpha: float = 1.0,
-    max_len_a: float = 1.2,
-    max_len_b: int = 10,
-    nbest: int = 1,
-    min_len: int = 0,
-    no_repeat_ngram: int = 0,
+    model: EncoderDecoder, src: torch.Tensor, options: DecodeConfig, *, nbest: int = 1
 ) -> list[list[Hypothesis]]:
     """Returns, for each sentence, its `nbest` best finished hypotheses, best first.
 
     Each step takes the 2K best continuations of the K live hypotheses; an EOS among the top K
     finishes a hypothesis, and the K best others live on. A sentence is done when it has K
     finished hypotheses (fairseq's early stop); at its length limit only EOS is allowed.
+    K is the beam size, raised to `nbest` if that is larger.
     """
-    K = beam_size
+    K = max(options.beam_size, nbest)
+    alpha = options.length_penalty
     device = src.device
     n_sent = src.shape[0]
-    limits = max_lengths(src, max_len_a, max_len_b, model.cfg.max_positions - 1)
-    memory, pad_mask = model.encode(src)
-    memory = memory.repeat_interleave(K, dim=0)
-    pad_mask = pad_mask.repeat_interleave(K, dim=0)
-    cache = model.new_cache()
+    limits = max_lengths(src, options.max_len_a, options.max_len_b, model.max_output_length)
+    state = model.start(src)
+    expand = torch.arange(n_sent, device=device).repeat_interleave(K)
+    model.reorder(state, expand, expand)  # K rows per sentence
     active = list(range(n_sent))
     tokens = torch.full((n_sent * K, 1), BOS, dtype=torch.long, device=device)
     # Only the first beam is live at the start; the others would duplicate it.
@@ -192,9 +194,9 @@ def beam_search(
     scores[:, 0] = 0.0
     finished: list[list[Hypothesis]] = [[] for _ in range(n_sent)]
     for step in range(max(limits) + 1):
-        lp = _step_log_probs(model, tokens, memory, pad_mask, cache, step)
+        lp = _next_log_probs(model, state, tokens[:, -1:])
         vocab = lp.shape[1]
-        _apply_constraints(lp, tokens, step, min_len, no_repeat_ngram)
+        _apply_length_and_repeat_rules(lp, tokens, step, options)
         _force_eos(
             lp, [i * K + k for i, s in enumerate(active) if step >= limits[s] for k in range(K)]
         )
@@ -231,18 +233,17 @@ def beam_search(
         if not kept:
             break
         order = torch.tensor(rows, device=device)
-        # Source-side rows (memory, mask, cross-attention cache) are the same for the K rows of
-        # a sentence: they only move when sentences leave, and then by whole blocks.
+        # Source-side rows are the same for the K rows of a sentence: they only move when
+        # sentences leave, and then by whole blocks.
         source_order = None
         if len(kept) < len(active):
             source_order = torch.tensor([i * K + k for i in kept for k in range(K)], device=device)
-            memory, pad_mask = memory[source_order], pad_mask[source_order]
         active = [active[i] for i in kept]
         tokens = torch.cat(
             [tokens[order], torch.tensor(next_tokens, device=device)[:, None]], dim=1
         )
         scores = torch.tensor(next_scores, device=device).view(len(active), K)
-        model.reorder(cache, order, source_order)
+        model.reorder(state, order, source_order)
     results = []
     for hyps in finished:
         hyps = sorted(hyps, key=lambda h: h.norm_score, reverse=True)

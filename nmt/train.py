@@ -1,10 +1,9 @@
-"""The training loop: token batches, label-smoothed cross-entropy, Adam with inverse-square-root
-warmup, gradient clipping and accumulation, mixed precision, validation by BLEU, checkpoints.
+"""Training: token batches, label-smoothed cross-entropy (nmt.loss), Adam with a warm-up and a
+decay (nmt.schedule), gradient clipping and accumulation, mixed precision, validation by BLEU
+(nmt.validate), checkpoints, a wall-clock budget and checkpoint averaging.
 
-Read it top to bottom: `Trainer.train()` is the whole loop.
-
-    lr(step) = lr · min(step / warmup, √(warmup / step))
-    loss     = Σ label-smoothed CE over the target tokens of an update / number of those tokens
+Read it top to bottom: `train()` sets up the process and holds the run folder's lock, `_loop()`
+is the whole loop, and `Trainer` does one optimizer update.
 """
 
 from __future__ import annotations
@@ -24,53 +23,37 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nmt import checkpoint, config, distributed, lock
-from nmt.config import Recipe
+from nmt import checkpoint, config, distributed, lock, schedule
+from nmt.config import Recipe, TrainConfig
 from nmt.data import Batch, ParallelDataset, Prepared, collate, token_batches
-from nmt.device import autocast, resolve_device, resolve_precision
+from nmt.device import Precision, autocast, resolve_device, resolve_precision
+from nmt.distributed import World
 from nmt.errors import NmtError
-from nmt.model import Seq2Seq, build_model, count_parameters
-from nmt.score import score_lines
+from nmt.loss import batch_loss
+from nmt.model import build_model, count_parameters
 from nmt.translate import Translator
+from nmt.validate import Validation, validate
 
 log = logging.getLogger("nmt")
 
 
-def inverse_sqrt_lr(step: int, lr: float, warmup: int) -> float:
-    step = max(step, 1)
-    return lr * min(step / warmup, math.sqrt(warmup / step))
+@dataclass
+class TrainState:
+    """Where a run stands: everything besides weights, optimizer and RNG that a resume needs."""
 
-
-def batch_loss(model: Seq2Seq, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Summed (label-smoothed) cross-entropy over the batch's non-padding target tokens.
-
-    Only real target positions are projected onto the vocabulary: the projection and softmax
-    are the largest single cost of a step, and padding would waste a share of them.
-    """
-    memory, src_pad_mask = model.encode(batch.src)
-    states, _ = model.decode_features(batch.tgt_in, memory, src_pad_mask)
-    states = states.flatten(0, 1).index_select(0, batch.target_positions)
-    logits = model.project(states).float()
-    target = batch.tgt_out.flatten().index_select(0, batch.target_positions)
-    return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction="sum")
-
-
-class _BatchLoss(torch.nn.Module):
-    """`batch_loss` as a module, so DistributedDataParallel can wrap it (DDP synchronises the
-    gradients of what runs through its own forward)."""
-
-    def __init__(self, model: Seq2Seq, label_smoothing: float) -> None:
-        super().__init__()
-        self.model = model
-        self.label_smoothing = label_smoothing
-
-    def forward(self, src, tgt_in, tgt_out, target_positions) -> torch.Tensor:  # noqa: ANN001
-        batch = Batch(src, tgt_in, tgt_out, target_positions, 0)
-        return batch_loss(self.model, batch, self.label_smoothing)
+    step: int = 0
+    epoch: int = 0
+    epoch_updates: int = 0  # updates done in the current epoch: the position in its order
+    best_bleu: float = -1.0
+    last_bleu: float = -1.0
+    bad_validations: int = 0  # validations in a row without a better BLEU
+    nonfinite_skipped: int = 0  # updates skipped for inf/NaN gradients
+    oom_skipped: int = 0  # updates skipped for running out of GPU memory
+    seconds: float = 0.0  # wall time of the run so far, summed over resumes (for max_time)
+    schedule_end: int | None = None  # where the decay ends when fitted to max_time
 
 
 @dataclass
@@ -83,6 +66,583 @@ class TrainResult:
     tokens_per_second: float  # target tokens, training steps only (validation excluded)
     stopped_early: bool
     interrupted: str | None = None  # SIGINT or SIGTERM when a signal stopped the run
+    out_of_time: bool = False  # stopped by train.max_time
+    averaged_bleu: float | None = None  # validation BLEU of averaged.pt (train.average_last)
+    selected: str | None = None  # the checkpoint `nmt translate RUN_DIR` uses
+
+
+# -- one update -------------------------------------------------------------------------------
+
+
+class _LossModule(torch.nn.Module):
+    """`batch_loss` as a module, so DistributedDataParallel can wrap it (DDP synchronises the
+    gradients of what runs through its own forward)."""
+
+    def __init__(self, model: torch.nn.Module, label_smoothing: float) -> None:
+        super().__init__()
+        self.model = model
+        self.label_smoothing = label_smoothing
+
+    def forward(self, src, tgt_in, tgt_out, target_positions) -> torch.Tensor:  # noqa: ANN001
+        batch = Batch(src, tgt_in, tgt_out, target_positions, 0)
+        return batch_loss(self.model, batch, self.label_smoothing)
+
+
+@dataclass
+class Update:
+    loss: torch.Tensor  # summed over the update's target tokens (stays on the device)
+    tokens: int  # target tokens of the global batch
+    skipped: str | None = None  # "nonfinite" or "oom" when the update was not applied
+    # Some rank was interrupted (a signal) / found the time budget spent; without torchrun,
+    # the flags passed in.
+    interrupted: bool = False
+    time_up: bool = False
+
+
+class Trainer:
+    """Optimizes a model one update at a time: forward and backward over the update's batches
+    (gradients accumulated, synchronised once under DDP), clipping, the optimizer step."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: TrainConfig,
+        device: torch.device,
+        precision: Precision = "fp32",
+        world: World | None = None,
+    ) -> None:
+        self.model, self.cfg, self.device = model, cfg, device
+        self.precision, self.world = precision, world or World()
+        self.loss_module: torch.nn.Module = _LossModule(model, cfg.label_smoothing)
+        if world.active:
+            self.loss_module = torch.nn.parallel.DistributedDataParallel(
+                self.loss_module,
+                device_ids=[world.local_rank] if device.type == "cuda" else None,
+            )
+        if cfg.compile:
+            # Batch shapes vary with sentence lengths: compile for dynamic shapes once rather
+            # than recompiling for each new shape.
+            self.loss_module = torch.compile(self.loss_module, dynamic=True)
+        self.optimizer = torch.optim.Adam(
+            model.parameters(),
+            lr=cfg.lr,
+            betas=cfg.betas,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+        )
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def update(
+        self, group: list[Batch], lr: float, interrupted: bool = False, time_up: bool = False
+    ) -> Update:
+        """One optimizer step over `accum_steps` batches; the loss is per target token of all.
+
+        `interrupted` and `time_up` are this rank's reasons to stop after this update; under
+        torchrun they travel in the collective that sums the token count, so every rank learns
+        them at the same update.
+        """
+        self.model.train()
+        n_tokens = sum(b.n_tgt_tokens for b in group)
+        if self.world.active:
+            total_tokens, interrupts, times_up = distributed.all_sum(
+                [float(n_tokens), float(interrupted), float(time_up)], self.world, self.device
+            )
+            n_tokens, interrupted, time_up = int(total_tokens), interrupts > 0, times_up > 0
+        # DDP averages gradients over ranks; scaling by the world size makes that a sum.
+        scale = self.world.size / n_tokens
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        total = torch.zeros((), device=self.device)
+        try:
+            for i, batch in enumerate(group):
+                batch = batch.to(self.device)
+                # Synchronise gradients once per update, on its last batch.
+                sync = contextlib.nullcontext()
+                if self.world.active and i < len(group) - 1:
+                    sync = self.loss_module.no_sync()
+                with sync:
+                    with autocast(self.device, self.precision):
+                        loss = self.loss_module(
+                            batch.src, batch.tgt_in, batch.tgt_out, batch.target_positions
+                        )
+                    self.scaler.scale(loss * scale).backward()
+                total += loss.detach()
+        except torch.cuda.OutOfMemoryError:
+            if self.world.active:
+                raise  # the other ranks are waiting in a collective: skipping would hang them
+            # A rare long batch ran out of GPU memory: drop it and go on.
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            sizes = "+".join(
+                f"{b.src.shape[0]}x{max(b.src.shape[1], b.tgt_in.shape[1])}" for b in group
+            )
+            log.warning(
+                f"out of memory on a batch of {sizes} tokens; update skipped. "
+                "Lower train.max_tokens if this recurs."
+            )
+            return Update(torch.zeros((), device=self.device), 0, "oom", interrupted, time_up)
+        self.scaler.unscale_(self.optimizer)  # a no-op without fp16 loss scaling
+        clip = self.cfg.clip_norm if self.cfg.clip_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if self.scaler.is_enabled():
+            # fp16: the scaler skips the step itself when it found inf/NaN, and lowers its scale.
+            scale_before = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < scale_before
+        else:
+            # The one host synchronisation of an update: skipping must leave Adam untouched.
+            skipped = not torch.isfinite(norm).item()
+            if not skipped:
+                self.optimizer.step()
+        if skipped:
+            log.warning("gradients are not finite; update skipped")
+        self.optimizer.zero_grad(set_to_none=True)
+        skip = "nonfinite" if skipped else None
+        return Update(total, n_tokens, skip, interrupted, time_up)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+# -- setting up a run -------------------------------------------------------------------------
+
+
+def train(recipe: Recipe, force: bool = False, progress: bool = True) -> TrainResult:
+    """Train (or resume) the recipe's run.
+
+    The process-wide settings are made here, once: the run folder's lock (rank 0 alone under
+    torchrun: the other ranks write nothing there), the seeds, torch's thread count, the process
+    group and TF32.
+    """
+    device = resolve_device(recipe.train.device)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    held = lock.hold(Path(recipe.run_dir), "train") if is_main else contextlib.nullcontext()
+    with held:
+        random.seed(recipe.seed)
+        torch.manual_seed(recipe.seed)
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)
+        # Under torchrun: one process per GPU (or CPU process), rank 0 writes everything.
+        world = distributed.setup(device.type)
+        if device.type == "cuda":
+            if world.active:
+                device = torch.device("cuda", world.local_rank)
+            torch.backends.cuda.matmul.allow_tf32 = recipe.train.tf32
+            torch.backends.cudnn.allow_tf32 = recipe.train.tf32
+        try:
+            return _loop(Run.start(recipe, device, world, force), progress)
+        finally:
+            distributed.teardown(world)
+
+
+def open_prepared(recipe: Recipe) -> Prepared:
+    prepared = Prepared.open(recipe.prepared_dir)
+    m = prepared.manifest
+    if (m["src_lang"], m["tgt_lang"]) != (recipe.data.src_lang, recipe.data.tgt_lang):
+        raise NmtError(
+            f"{recipe.prepared_dir} holds {m['src_lang']}-{m['tgt_lang']} data but the recipe "
+            f"asks for {recipe.data.src_lang}-{recipe.data.tgt_lang}; "
+            "rerun `nmt preprocess --force`"
+        )
+    return prepared
+
+
+def initial_model(recipe: Recipe, prepared: Prepared) -> torch.nn.Module:
+    """The untrained model of a recipe, initialised from its seed."""
+    torch.manual_seed(recipe.seed)
+    return build_model(
+        recipe.model,
+        len(prepared.src_tok),
+        len(prepared.tgt_tok),
+        prepared.manifest["joint"] and recipe.model.share_all_embeddings,
+    )
+
+
+@dataclass
+class Run:
+    """Everything one training run works with, built from its recipe (and last.pt)."""
+
+    recipe: Recipe
+    run_dir: Path
+    prepared: Prepared
+    train_data: ParallelDataset
+    valid_data: ParallelDataset
+    valid_src: list[str]
+    valid_ref: list[str]
+    trainer: Trainer
+    translator: Translator  # decodes the model being trained, for validation BLEU
+    state: TrainState
+    world: World
+    resumed: bool
+
+    @classmethod
+    def start(cls, recipe: Recipe, device: torch.device, world: World, force: bool) -> Run:
+        run_dir = Path(recipe.run_dir)
+        # A run folder with a checkpoint is resumed, unless --force starts it afresh.
+        last = run_dir / "last.pt"
+        saved = None
+        if last.exists() and not force:
+            saved = checkpoint.load(last)
+            _check_resumable(saved, recipe, last)
+        prepared = open_prepared(recipe)
+        precision = resolve_precision(recipe.train.precision, device)
+        model = initial_model(recipe, prepared).to(device)
+        trainer = Trainer(model, recipe.train, device, precision, world)
+        decode = recipe.decode
+        if recipe.train.valid_search == "greedy":
+            decode = dataclasses.replace(decode, method="greedy")
+        translator = Translator(
+            model, prepared.src_tok, prepared.tgt_tok, decode, device, precision
+        )
+        state = TrainState()
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            trainer.load_state_dict(saved)
+            state = TrainState(**saved["train_state"])
+            checkpoint.restore_rng(saved)
+        if world.rank > 0:
+            # Other ranks draw other dropout masks (rank 0 keeps the single-process stream).
+            torch.manual_seed(recipe.seed * 1_000_003 + world.rank * 7919 + state.step)
+        valid_src, valid_ref = prepared.raw_valid()
+        return cls(
+            recipe,
+            run_dir,
+            prepared,
+            prepared.dataset("train"),
+            prepared.dataset("valid"),
+            valid_src,
+            valid_ref,
+            trainer,
+            translator,
+            state,
+            world,
+            saved is not None,
+        )
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.trainer.model
+
+    def epoch_updates(self, epoch: int, skip: int = 0) -> Iterator[list[Batch]]:
+        """This epoch's batches (reshuffled with the seed), grouped `accum_steps` per update;
+        the first `skip` updates (done before a resume) are left out."""
+        batches = token_batches(
+            self.train_data.src.lengths,
+            self.train_data.tgt.lengths,
+            self.recipe.train.max_tokens,
+            seed=self.recipe.seed * 100_003 + epoch,
+        )
+        # Every rank computes the same order and takes its share of each global update; the
+        # global batch of an update is `world size × accum_steps` batches.
+        k = self.recipe.train.accum_steps
+        n = self.world.size
+        per_update = k * n
+        for i in range(skip * per_update, len(batches) - per_update + 1, per_update):
+            mine = batches[i + self.world.rank * k : i + (self.world.rank + 1) * k]
+            yield [collate(self.train_data, b) for b in mine]
+
+    def save(self, name: str) -> None:
+        checkpoint.save(
+            checkpoint.training_state(
+                self.model,
+                self.recipe,
+                self.prepared,
+                self.state.step,
+                dataclasses.asdict(self.state),
+                self.trainer.state_dict(),
+            ),
+            self.run_dir / name,
+        )
+
+    def save_weights(self, name: str) -> None:
+        """The weights alone: what averaging and translation need, at a fraction of the size."""
+        checkpoint.save(
+            checkpoint.model_state(self.model, self.recipe, self.prepared, self.state.step),
+            self.run_dir / name,
+        )
+
+
+# -- the loop ---------------------------------------------------------------------------------
+
+
+def _loop(run: Run, show_progress: bool) -> TrainResult:
+    cfg, state, world = run.recipe.train, run.state, run.world
+    main = world.is_main
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    if main:
+        config.dump(run.recipe, run.run_dir / "recipe.yaml")
+        if not run.resumed:
+            _remove_old_results(run.run_dir)
+    events = JsonlLog(run.run_dir / "log.jsonl" if main else None)
+    if world.active:
+        log.info(f"rank {world.rank} of {world.size}, device {run.trainer.device}")
+    n_params = count_parameters(run.model)
+    log.info(
+        f"model: {n_params / 1e6:.2f}M parameters; {len(run.train_data)} training pairs; "
+        f"device {run.trainer.device}, precision {run.trainer.precision}"
+        + (f"; resuming at step {state.step}" if run.resumed else "")
+    )
+    events.write(
+        kind="resume" if run.resumed else "start",
+        step=state.step,
+        parameters=n_params,
+        device=str(run.trainer.device),
+        precision=run.trainer.precision,
+        train_pairs=len(run.train_data),
+    )
+    budget = cfg.max_seconds
+    started = time.perf_counter() - state.seconds  # the clock of the whole run, over resumes
+    train_seconds, train_tokens = 0.0, 0  # this session's updates, for tokens/s
+    last_validation: Validation | None = None
+    stopped_early = out_of_time = False
+    interrupted: list[str] = []  # the signal that asked us to stop, set by _StopOnSignal
+
+    def validate_and_save() -> bool:
+        nonlocal last_validation
+        state.seconds = time.perf_counter() - started
+        stop = False
+        if main:
+            last_validation = _validate_and_save(run, events)
+            stop = cfg.patience > 0 and state.bad_validations >= cfg.patience
+        return distributed.broadcast_flag(stop, world, run.trainer.device)
+
+    with _progress(show_progress) as bar, _StopOnSignal(interrupted):
+        task = bar.add_task("training", total=state.schedule_end or cfg.max_steps, info="")
+        bar.update(task, completed=state.step)
+        window_loss = torch.zeros((), device=run.trainer.device)
+        window_tokens, window_start = 0, time.perf_counter()
+        # A resumed run first finishes the epoch it was in, from where it stopped.
+        continue_epoch = run.resumed and state.epoch > 0
+        stop = False
+        while state.step < cfg.max_steps and not stop:
+            if not continue_epoch:
+                if state.epoch >= cfg.max_epochs:
+                    break
+                state.epoch += 1
+                state.epoch_updates = 0
+            continue_epoch = False
+            for group in run.epoch_updates(state.epoch, skip=state.epoch_updates):
+                reserve = _finishing_seconds(last_validation, cfg)
+                time_up = budget is not None and (time.perf_counter() - started + reserve >= budget)
+                lr = schedule.learning_rate(state.step + 1, cfg, state.schedule_end)
+                update = run.trainer.update(group, lr, bool(interrupted), time_up)
+                if update.interrupted and not interrupted:
+                    interrupted.append("SIGTERM")  # another rank was stopped by a signal
+                state.step += 1
+                state.epoch_updates += 1
+                if update.skipped == "nonfinite":
+                    state.nonfinite_skipped += 1
+                elif update.skipped == "oom":
+                    state.oom_skipped += 1
+                window_loss += update.loss
+                window_tokens += update.tokens
+                if state.step % cfg.log_every == 0:
+                    elapsed = time.perf_counter() - window_start
+                    train_seconds += elapsed
+                    train_tokens += window_tokens
+                    [loss_total] = distributed.all_sum(
+                        [window_loss.item()], world, run.trainer.device
+                    )
+                    record = {
+                        "step": state.step,
+                        "epoch": state.epoch,
+                        "loss": loss_total / max(window_tokens, 1),
+                        "lr": lr,
+                        "tgt_tokens_per_s": window_tokens / elapsed,
+                        "skipped_nonfinite": state.nonfinite_skipped,
+                        "skipped_oom": state.oom_skipped,
+                    }
+                    events.write(kind="train", **record)
+                    bar.update(
+                        task,
+                        info=(
+                            f"epoch {state.epoch} loss {record['loss']:.3f} "
+                            f"lr {record['lr']:.2e} {record['tgt_tokens_per_s']:.0f} tok/s"
+                        ),
+                    )
+                    window_loss.zero_()
+                    window_tokens, window_start = 0, time.perf_counter()
+                bar.update(task, completed=state.step)
+                if state.step % cfg.valid_every == 0:
+                    pause = time.perf_counter()
+                    stopped_early = validate_and_save()
+                    window_start += time.perf_counter() - pause  # validation is not training
+                if state.step == cfg.warmup_steps and _fits_schedule_to_time(cfg, state):
+                    state.schedule_end = _fit_schedule_end(
+                        run, started, train_seconds, last_validation
+                    )
+                    bar.update(task, total=state.schedule_end)
+                    events.write(kind="schedule", step=state.step, end=state.schedule_end)
+                if interrupted:
+                    state.seconds = time.perf_counter() - started
+                    if main:
+                        run.save("last.pt")
+                    events.write(kind="interrupted", step=state.step, signal=interrupted[0])
+                out_of_time = update.time_up and not interrupted
+                stop = bool(interrupted) or stopped_early or out_of_time
+                if stop or state.step >= cfg.max_steps:
+                    break
+        if window_tokens:
+            train_seconds += time.perf_counter() - window_start
+            train_tokens += window_tokens
+        if out_of_time:
+            log.info(f"train.max_time ({cfg.max_time}) reached at step {state.step}")
+        if state.step % cfg.valid_every != 0 and not interrupted:
+            validate_and_save()
+    averaged_bleu = selected = None
+    if main and not interrupted and cfg.average_last:
+        averaged_bleu, selected = _average_and_select(run, events)
+    state.seconds = time.perf_counter() - started
+    result = TrainResult(
+        steps=state.step,
+        epochs=state.epoch,
+        best_bleu=state.best_bleu,
+        last_bleu=state.last_bleu,
+        seconds=state.seconds,
+        tokens_per_second=train_tokens / train_seconds if train_seconds else 0.0,
+        stopped_early=stopped_early,
+        interrupted=interrupted[0] if interrupted else None,
+        out_of_time=out_of_time,
+        averaged_bleu=averaged_bleu,
+        selected=selected,
+    )
+    events.write(kind="end", **vars(result))
+    events.close()
+    return result
+
+
+def _remove_old_results(run_dir: Path) -> None:
+    """A run started afresh (or with --force) must not average or select another run's files."""
+    for old in checkpoint.step_checkpoints(run_dir):
+        old.unlink()
+    for name in ("log.jsonl", checkpoint.AVERAGED, checkpoint.SELECTED):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _validate_and_save(run: Run, events: JsonlLog) -> Validation:
+    """Loss, perplexity and BLEU on the validation set; then last.pt, best.pt (when BLEU
+    improved) and the step checkpoints kept for averaging."""
+    state, cfg = run.state, run.recipe.train
+    result = validate(run.translator, run.valid_data, run.valid_src, run.valid_ref, cfg.max_tokens)
+    (run.run_dir / "valid.hyp").write_text(
+        "".join(h + "\n" for h in result.hypotheses), encoding="utf-8"
+    )
+    improved = result.bleu > state.best_bleu
+    state.last_bleu = result.bleu
+    if improved:
+        state.best_bleu = result.bleu
+        state.bad_validations = 0
+    else:
+        state.bad_validations += 1
+    run.save("last.pt")
+    if improved:
+        run.save_weights("best.pt")
+    if cfg.checkpoints_kept:
+        run.save_weights(f"step_{state.step}.pt")
+        for old in checkpoint.step_checkpoints(run.run_dir)[: -cfg.checkpoints_kept]:
+            old.unlink()
+    events.write(
+        kind="valid",
+        step=state.step,
+        epoch=state.epoch,
+        valid_loss=result.loss,
+        valid_ppl=result.perplexity,
+        valid_bleu=result.bleu,
+        best_bleu=state.best_bleu,
+        seconds=result.seconds,
+        elapsed=state.seconds,
+    )
+    log.info(
+        f"step {state.step} epoch {state.epoch}: valid loss {result.loss:.3f} ppl "
+        f"{result.perplexity:.2f} BLEU {result.bleu:.2f} (best {state.best_bleu:.2f})"
+        + (" *" if improved else "")
+    )
+    return result
+
+
+def _average_and_select(run: Run, events: JsonlLog) -> tuple[float | None, str]:
+    """Average the last `average_last` step checkpoints into averaged.pt, validate it, and
+    record which of best.pt and averaged.pt `nmt translate RUN_DIR` should use."""
+    cfg = run.recipe.train
+    paths = checkpoint.step_checkpoints(run.run_dir)[-cfg.average_last :]
+    if len(paths) < 2:
+        log.warning(
+            f"train.average_last={cfg.average_last}, but only {len(paths)} step checkpoint(s) "
+            "exist; nothing averaged (validate more often: train.valid_every)"
+        )
+        return None, "best.pt"
+    if len(paths) < cfg.average_last:
+        log.warning(f"averaging {len(paths)} step checkpoints, fewer than {cfg.average_last}")
+    averaged = checkpoint.average(paths)
+    checkpoint.save(averaged, run.run_dir / checkpoint.AVERAGED)
+    run.model.load_state_dict(averaged["model"])  # training is over: reuse the model
+    result = validate(run.translator, run.valid_data, run.valid_src, run.valid_ref, cfg.max_tokens)
+    best = run.state.best_bleu
+    selected = checkpoint.AVERAGED if result.bleu >= best else "best.pt"
+    checkpoint.write_selection(
+        run.run_dir,
+        selected,
+        {"best.pt": best, checkpoint.AVERAGED: result.bleu},
+        reason="higher validation BLEU",
+    )
+    events.write(
+        kind="averaged",
+        step=run.state.step,
+        checkpoints=[p.name for p in paths],
+        valid_loss=result.loss,
+        valid_ppl=result.perplexity,
+        valid_bleu=result.bleu,
+        best_bleu=best,
+        selected=selected,
+        seconds=result.seconds,
+    )
+    log.info(
+        f"averaged {len(paths)} checkpoints: valid BLEU {result.bleu:.2f} (best.pt "
+        f"{best:.2f}); nmt translate {run.run_dir} will use {selected}"
+    )
+    return result.bleu, selected
+
+
+def _finishing_seconds(last: Validation | None, cfg: TrainConfig) -> float:
+    """What the run still has to do once it stops: a last validation, and the validation of
+    the averaged checkpoint."""
+    if last is None:
+        return 0.0
+    return last.seconds * (2 if cfg.average_last else 1)
+
+
+def _fits_schedule_to_time(cfg: TrainConfig, state: TrainState) -> bool:
+    return (
+        cfg.max_time is not None and cfg.schedule != "inverse_sqrt" and state.schedule_end is None
+    )
+
+
+def _fit_schedule_end(
+    run: Run, started: float, train_seconds: float, last: Validation | None
+) -> int:
+    """The step that train.max_time is expected to allow, estimated at the end of the warm-up
+    from the time of an update and of a validation so far; the decay then ends there (or at
+    max_steps, if sooner). Fixed once: later steps follow a known schedule, and a resumed run
+    continues it exactly. Rank 0's estimate holds for every rank."""
+    cfg, state = run.recipe.train, run.state
+    step_seconds = train_seconds / max(state.step, 1)
+    valid_seconds = last.seconds if last is not None else 0.0
+    remaining = cfg.max_seconds - (time.perf_counter() - started) - _finishing_seconds(last, cfg)
+    per_step = step_seconds + valid_seconds / cfg.valid_every
+    end = state.step + max(0, math.floor(remaining / per_step))
+    end = min(cfg.max_steps, end)
+    end = int(distributed.broadcast_number(float(end), run.world, run.trainer.device))
+    log.info(
+        f"train.max_time {cfg.max_time}: the {cfg.schedule} decay will end at step {end} "
+        f"({step_seconds:.2f} s an update, {valid_seconds:.0f} s a validation)"
+    )
+    return end
 
 
 class JsonlLog:
@@ -102,412 +662,16 @@ class JsonlLog:
             self.file.close()
 
 
-class Trainer:
-    def __init__(self, recipe: Recipe, force: bool = False, progress: bool = True) -> None:
-        self.recipe = recipe
-        self.cfg = recipe.train
-        self.run_dir = Path(recipe.run_dir)
-        self.show_progress = progress
-        # A run folder with a checkpoint is resumed, unless --force starts it afresh.
-        last = self.run_dir / "last.pt"
-        self.resume_from: dict | None = None
-        if last.exists() and not force:
-            self.resume_from = checkpoint.load(last)
-            _check_resumable(self.resume_from, recipe, last)
-        self.prepared = Prepared.open(recipe.prepared_dir)
-        m = self.prepared.manifest
-        if (m["src_lang"], m["tgt_lang"]) != (recipe.data.src_lang, recipe.data.tgt_lang):
-            raise NmtError(
-                f"{recipe.prepared_dir} holds {m['src_lang']}-{m['tgt_lang']} data but the recipe "
-                f"asks for {recipe.data.src_lang}-{recipe.data.tgt_lang}; "
-                "rerun `nmt preprocess --force`"
-            )
-        self.train_data: ParallelDataset = self.prepared.dataset("train")
-        self.valid_data: ParallelDataset = self.prepared.dataset("valid")
-        self.valid_src, self.valid_ref = self.prepared.raw_valid()
-
-        random.seed(recipe.seed)
-        torch.manual_seed(recipe.seed)
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
-        self.device = resolve_device(self.cfg.device)
-        # Under torchrun: one process per GPU (or CPU process), rank 0 writes everything.
-        self.world = distributed.setup(self.device.type)
-        if self.device.type == "cuda" and self.world.active:
-            self.device = torch.device("cuda", self.world.local_rank)
-        self.precision = resolve_precision(self.cfg.precision, self.device)
-        src_tok, tgt_tok = self.prepared.src_tok, self.prepared.tgt_tok
-        self.model = build_model(recipe.model, len(src_tok), len(tgt_tok), m["joint"]).to(
-            self.device
-        )
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = self.cfg.tf32
-            torch.backends.cudnn.allow_tf32 = self.cfg.tf32
-        self.loss_module: torch.nn.Module = _BatchLoss(self.model, self.cfg.label_smoothing)
-        if self.world.active:
-            self.loss_module = torch.nn.parallel.DistributedDataParallel(
-                self.loss_module,
-                device_ids=[self.world.local_rank] if self.device.type == "cuda" else None,
-            )
-        if self.cfg.compile:
-            # Batch shapes vary with sentence lengths: compile for dynamic shapes once rather
-            # than recompiling for each new shape.
-            self.loss_module = torch.compile(self.loss_module, dynamic=True)
-        self.optimizer = torch.optim.Adam(
-            self.model.parameters(),
-            lr=self.cfg.lr,
-            betas=self.cfg.betas,
-            eps=self.cfg.eps,
-            weight_decay=self.cfg.weight_decay,
-        )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        valid_decode = recipe.decode
-        if self.cfg.valid_search == "greedy":
-            valid_decode = dataclasses.replace(recipe.decode, method="greedy")
-        self.translator = Translator(
-            self.model, src_tok, tgt_tok, valid_decode, self.device, self.precision
-        )
-        self.step = 0
-        self.epoch = 0
-        self.epoch_updates = 0  # updates done in the current epoch: the position in its order
-        self.best_bleu = -1.0
-        self.last_bleu = -1.0
-        self.bad_validations = 0
-        self.interrupted: str | None = None  # the signal that asked us to stop
-        self.nonfinite_skipped = 0  # updates skipped for inf/NaN gradients
-        self.oom_skipped = 0  # updates skipped for running out of GPU memory
-        if self.resume_from is not None:
-            self._restore(self.resume_from)
-        if self.world.rank > 0:
-            # Other ranks draw other dropout masks (rank 0 keeps the single-process stream).
-            torch.manual_seed(recipe.seed * 1_000_003 + self.world.rank * 7919 + self.step)
-
-    # -- the loop ---------------------------------------------------------------------------
-
-    def train(self) -> TrainResult:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        resuming = self.resume_from is not None
-        self.resume_from = None  # its tensors are loaded; free the copy
-        main = self.world.is_main
-        if main:
-            config.dump(self.recipe, self.run_dir / "recipe.yaml")
-            if not resuming:
-                (self.run_dir / "log.jsonl").unlink(missing_ok=True)
-        self.log = JsonlLog(self.run_dir / "log.jsonl" if main else None)
-        if self.world.active:
-            log.info(f"rank {self.world.rank} of {self.world.size}, device {self.device}")
-        n_params = count_parameters(self.model)
-        log.info(
-            f"model: {n_params / 1e6:.2f}M parameters; {len(self.train_data)} training pairs; "
-            f"device {self.device}, precision {self.precision}"
-            + (f"; resuming at step {self.step}" if resuming else "")
-        )
-        self.log.write(
-            kind="resume" if resuming else "start",
-            step=self.step,
-            parameters=n_params,
-            device=str(self.device),
-            precision=self.precision,
-            train_pairs=len(self.train_data),
-        )
-        start = time.perf_counter()
-        train_seconds, train_tokens = 0.0, 0
-        stopped_early = False
-        with self._progress() as bar, _StopOnSignal(self):
-            task = bar.add_task("training", total=self.cfg.max_steps, info="")
-            bar.update(task, completed=self.step)
-            window_loss = torch.zeros((), device=self.device)
-            window_tokens, window_start = 0, time.perf_counter()
-            # A resumed run first finishes the epoch it was in, from where it stopped.
-            continue_epoch = resuming and self.epoch > 0
-            while self.step < self.cfg.max_steps:
-                if not continue_epoch:
-                    if self.epoch >= self.cfg.max_epochs:
-                        break
-                    self.epoch += 1
-                    self.epoch_updates = 0
-                continue_epoch = False
-                for group in self._updates(self.epoch, skip=self.epoch_updates):
-                    loss_sum, n_tokens = self._update(group)
-                    self.step += 1
-                    self.epoch_updates += 1
-                    window_loss += loss_sum
-                    window_tokens += n_tokens
-                    if self.step % self.cfg.log_every == 0:
-                        elapsed = time.perf_counter() - window_start
-                        train_seconds += elapsed
-                        train_tokens += window_tokens
-                        [loss_total] = distributed.all_sum(
-                            [window_loss.item()], self.world, self.device
-                        )
-                        record = {
-                            "step": self.step,
-                            "epoch": self.epoch,
-                            "loss": loss_total / max(window_tokens, 1),
-                            "lr": self.optimizer.param_groups[0]["lr"],
-                            "tgt_tokens_per_s": window_tokens / elapsed,
-                            "skipped_nonfinite": self.nonfinite_skipped,
-                            "skipped_oom": self.oom_skipped,
-                        }
-                        self.log.write(kind="train", **record)
-                        bar.update(
-                            task,
-                            info=(
-                                f"epoch {self.epoch} loss {record['loss']:.3f} "
-                                f"lr {record['lr']:.2e} {record['tgt_tokens_per_s']:.0f} tok/s"
-                            ),
-                        )
-                        window_loss.zero_()
-                        window_tokens, window_start = 0, time.perf_counter()
-                    bar.update(task, completed=self.step)
-                    if self.step % self.cfg.valid_every == 0:
-                        pause = time.perf_counter()
-                        stopped_early = self._validate()
-                        window_start += time.perf_counter() - pause  # validation is not training
-                    if self.interrupted:
-                        if main:
-                            self._save("last.pt")
-                        self.log.write(kind="interrupted", step=self.step, signal=self.interrupted)
-                        break
-                    if stopped_early or self.step >= self.cfg.max_steps:
-                        break
-                if stopped_early or self.interrupted:
-                    break
-            if window_tokens:
-                train_seconds += time.perf_counter() - window_start
-                train_tokens += window_tokens
-            if self.step % self.cfg.valid_every != 0 and not self.interrupted:
-                self._validate()
-        result = TrainResult(
-            steps=self.step,
-            epochs=self.epoch,
-            best_bleu=self.best_bleu,
-            last_bleu=self.last_bleu,
-            seconds=time.perf_counter() - start,
-            tokens_per_second=train_tokens / train_seconds if train_seconds else 0.0,
-            stopped_early=stopped_early,
-            interrupted=self.interrupted,
-        )
-        self.log.write(kind="end", **vars(result))
-        self.log.close()
-        distributed.teardown(self.world)
-        return result
-
-    def _updates(self, epoch: int, skip: int = 0) -> Iterator[list[Batch]]:
-        """This epoch's batches (reshuffled with the seed), grouped `accum_steps` per update;
-        the first `skip` updates (done before a resume) are left out."""
-        batches = token_batches(
-            self.train_data.src.lengths,
-            self.train_data.tgt.lengths,
-            self.cfg.max_tokens,
-            seed=self.recipe.seed * 100_003 + epoch,
-        )
-        # Every rank computes the same order and takes its share of each global update; the
-        # global batch of an update is `world size × accum_steps` batches.
-        k = self.cfg.accum_steps
-        n = self.world.size
-        per_update = k * n
-        for i in range(skip * per_update, len(batches) - per_update + 1, per_update):
-            mine = batches[i + self.world.rank * k : i + (self.world.rank + 1) * k]
-            yield [collate(self.train_data, b) for b in mine]
-
-    def _update(self, group: list[Batch]) -> tuple[torch.Tensor, int]:
-        """One optimizer step over `accum_steps` batches; the loss is per target token of all."""
-        self.model.train()
-        n_tokens = sum(b.n_tgt_tokens for b in group)
-        if self.world.active:
-            # The loss is normalised by the target tokens of the global batch; the same
-            # collective tells every rank whether any of them was asked to stop.
-            n_tokens, stop = distributed.all_sum(
-                [float(n_tokens), float(self.interrupted is not None)], self.world, self.device
-            )
-            n_tokens = int(n_tokens)
-            if stop and not self.interrupted:
-                self.interrupted = "SIGTERM"
-        # DDP averages gradients over ranks; scaling by the world size makes that a sum.
-        scale = self.world.size / n_tokens
-        lr = inverse_sqrt_lr(self.step + 1, self.cfg.lr, self.cfg.warmup_steps)
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr
-        total = torch.zeros((), device=self.device)
-        try:
-            for i, batch in enumerate(group):
-                batch = batch.to(self.device)
-                last = i == len(group) - 1
-                # Synchronise gradients once per update, on its last batch.
-                sync = contextlib.nullcontext()
-                if self.world.active and not last:
-                    sync = self.loss_module.no_sync()
-                with sync:
-                    with autocast(self.device, self.precision):
-                        loss = self.loss_module(
-                            batch.src, batch.tgt_in, batch.tgt_out, batch.target_positions
-                        )
-                    self.scaler.scale(loss * scale).backward()
-                total += loss.detach()
-        except torch.cuda.OutOfMemoryError:
-            if self.world.active:
-                raise  # the other ranks are waiting in a collective: skipping would hang them
-            # A rare long batch ran out of GPU memory: drop it and go on.
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            self.oom_skipped += 1
-            sizes = "+".join(
-                f"{b.src.shape[0]}x{max(b.src.shape[1], b.tgt_in.shape[1])}" for b in group
-            )
-            log.warning(
-                f"step {self.step + 1}: out of memory on a batch of {sizes} tokens; skipped "
-                f"({self.oom_skipped} so far). Lower train.max_tokens if this recurs."
-            )
-            return torch.zeros((), device=self.device), 0
-        self.scaler.unscale_(self.optimizer)  # a no-op without fp16 loss scaling
-        clip = self.cfg.clip_norm if self.cfg.clip_norm > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        if self.scaler.is_enabled():
-            # fp16: the scaler skips the step itself when it found inf/NaN, and lowers its scale.
-            scale_before = self.scaler.get_scale()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            skipped = self.scaler.get_scale() < scale_before
-        else:
-            skipped = not torch.isfinite(norm).item()
-            if not skipped:
-                self.optimizer.step()
-        if skipped:
-            self.nonfinite_skipped += 1
-            log.warning(
-                f"step {self.step + 1}: gradients are not finite; update skipped "
-                f"({self.nonfinite_skipped} so far)"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        return total, n_tokens
-
-    # -- validation and checkpoints ---------------------------------------------------------
-
-    @torch.no_grad()
-    def valid_loss(self) -> float:
-        """Mean negative log-likelihood per target token on the validation set (no smoothing)."""
-        self.model.eval()
-        data = self.valid_data
-        total, tokens = 0.0, 0
-        for indices in token_batches(data.src.lengths, data.tgt.lengths, self.cfg.max_tokens):
-            batch = collate(data, indices).to(self.device)
-            with autocast(self.device, self.precision):
-                total += batch_loss(self.model, batch).item()
-            tokens += batch.n_tgt_tokens
-        return total / max(tokens, 1)
-
-    def _validate(self) -> bool:
-        """Rank 0 validates and saves; every rank learns whether to stop early."""
-        stop = self._validate_and_save() if self.world.is_main else False
-        return distributed.broadcast_flag(stop, self.world, self.device)
-
-    def _validate_and_save(self) -> bool:
-        """Loss, perplexity and BLEU on the validation set; saves checkpoints.
-
-        Returns True when `patience` validations in a row brought no better BLEU.
-        """
-        started = time.perf_counter()
-        nll = self.valid_loss()
-        self.model.eval()
-        hyps = self.translator.translate(self.valid_src)
-        bleu = score_lines(hyps, [self.valid_ref], ["bleu"])[0].score
-        (self.run_dir / "valid.hyp").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-        improved = bleu > self.best_bleu
-        self.last_bleu = bleu
-        if improved:
-            self.best_bleu = bleu
-            self.bad_validations = 0
-        else:
-            self.bad_validations += 1
-        self._save("last.pt")
-        if improved:
-            self._save("best.pt")
-        if self.cfg.keep_last:
-            # The weights alone: what averaging needs, at a fraction of last.pt's size.
-            checkpoint.save(
-                self._state(with_training_state=False), self.run_dir / f"step_{self.step}.pt"
-            )
-            for old in checkpoint.step_checkpoints(self.run_dir)[: -self.cfg.keep_last]:
-                old.unlink()
-        record = {
-            "step": self.step,
-            "epoch": self.epoch,
-            "valid_loss": nll,
-            "valid_ppl": math.exp(min(nll, 50.0)),
-            "valid_bleu": bleu,
-            "best_bleu": self.best_bleu,
-            "seconds": time.perf_counter() - started,
-        }
-        self.log.write(kind="valid", **record)
-        log.info(
-            f"step {self.step} epoch {self.epoch}: valid loss {nll:.3f} ppl "
-            f"{record['valid_ppl']:.2f} BLEU {bleu:.2f} (best {self.best_bleu:.2f})"
-            + (" *" if improved else "")
-        )
-        patience = self.cfg.patience
-        return patience > 0 and self.bad_validations >= patience
-
-    def _save(self, name: str) -> None:
-        checkpoint.save(self._state(), self.run_dir / name)
-
-    def _state(self, with_training_state: bool = True) -> dict:
-        state = {
-            "model": self.model.state_dict(),
-            "recipe": config.to_dict(self.recipe),
-            "tokenizers": {
-                "src": self.prepared.src_tok.proto,
-                "tgt": self.prepared.tgt_tok.proto,
-            },
-            "step": self.step,
-        }
-        if not with_training_state:
-            return state
-        return {
-            **state,
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.epoch,
-            "epoch_updates": self.epoch_updates,
-            "best_bleu": self.best_bleu,
-            "last_bleu": self.last_bleu,
-            "bad_validations": self.bad_validations,
-            "skipped": [self.nonfinite_skipped, self.oom_skipped],
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            },
-        }
-
-    def _restore(self, state: dict) -> None:
-        """Continue exactly where `state` (a last.pt) stopped: weights, optimizer, gradient
-        scaler, counters, RNG states and the position in the epoch's batch order."""
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.step, self.epoch = state["step"], state["epoch"]
-        self.epoch_updates = state.get("epoch_updates", 0)
-        self.best_bleu = state["best_bleu"]
-        self.last_bleu = state.get("last_bleu", self.best_bleu)
-        self.bad_validations = state.get("bad_validations", 0)
-        self.nonfinite_skipped, self.oom_skipped = state.get("skipped", [0, 0])
-        rng = state.get("rng", {})
-        if "torch" in rng:
-            torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[info]}"),
-            console=Console(stderr=True),
-            disable=not self.show_progress,
-        )
+def _progress(show: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=Console(stderr=True),
+        disable=not show,
+    )
 
 
 # Sections that define the model and its data: a resumed run must not change them.
@@ -532,37 +696,44 @@ def _check_resumable(state: dict, recipe: Recipe, path: Path) -> None:
                 f"{path} was trained with a different {what}; resume with the recipe it was "
                 "trained with, or use --force to train from scratch"
             )
-    if "optimizer" not in state:
+    if "train_state" not in state:
         raise NmtError(f"{path} has no optimizer state to resume from; use --force to start again")
-    if state["step"] >= recipe.train.max_steps:
+    progress = state["train_state"]
+    if progress["step"] >= recipe.train.max_steps:
         raise NmtError(
-            f"{path.parent} is already trained to step {state['step']} (train.max_steps="
+            f"{path.parent} is already trained to step {progress['step']} (train.max_steps="
             f"{recipe.train.max_steps}); raise train.max_steps to continue, or use --force to "
             "train from scratch"
         )
     patience = recipe.train.patience
-    if patience and state.get("bad_validations", 0) >= patience:
+    if patience and progress["bad_validations"] >= patience:
         raise NmtError(
             f"{path.parent} stopped early: {patience} validations without a better BLEU "
             "(train.patience); raise train.patience to continue, or use --force"
         )
+    budget = recipe.train.max_seconds
+    if budget is not None and progress["seconds"] >= budget:
+        raise NmtError(
+            f"{path.parent} has used its train.max_time ({recipe.train.max_time}); raise "
+            "train.max_time to continue, or use --force to train from scratch"
+        )
 
 
 class _StopOnSignal:
-    """SIGINT and SIGTERM ask the trainer to stop after the current update (it then saves
-    last.pt); a second signal stops at once, as usual."""
+    """SIGINT and SIGTERM ask the loop to stop after the current update (it then saves
+    last.pt); a second signal stops at once, as usual. The signal's name goes into `flag`."""
 
-    def __init__(self, trainer: Trainer) -> None:
-        self.trainer = trainer
+    def __init__(self, flag: list[str]) -> None:
+        self.flag = flag
         self.previous: dict[int, object] = {}
 
     def _handler(self, signum: int, frame: object) -> None:
-        if self.trainer.interrupted:
+        if self.flag:
             signal.signal(signum, self.previous.get(signum, signal.SIG_DFL))
             signal.raise_signal(signum)
             return
-        self.trainer.interrupted = signal.Signals(signum).name
-        log.warning(f"{self.trainer.interrupted}: saving last.pt after this update, then stopping")
+        self.flag.append(signal.Signals(signum).name)
+        log.warning(f"{self.flag[0]}: saving last.pt after this update, then stopping")
 
     def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
@@ -573,12 +744,3 @@ class _StopOnSignal:
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
-
-
-def train(recipe: Recipe, force: bool = False, progress: bool = True) -> TrainResult:
-    """Train (or resume) the recipe's run, holding its folder's lock for the whole run (rank 0
-    alone under torchrun: the other ranks write nothing there)."""
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    held = lock.hold(Path(recipe.run_dir), "train") if is_main else contextlib.nullcontext()
-    with held:
-        return Trainer(recipe, force=force, progress=progress).train()

@@ -18,48 +18,23 @@ from typing import Any
 import torch
 
 from nmt import checkpoint, config
-from nmt.config import DecodeConfig, Recipe
-from nmt.data import pad_sequences
+from nmt.config import DecodeConfig
+from nmt.data import batches_by_size, pad_sequences
 from nmt.device import Precision, autocast, resolve_device, resolve_precision
 from nmt.errors import NmtError
-from nmt.model import Ensemble, Seq2Seq, build_model
+from nmt.model import EncoderDecoder, Ensemble
 from nmt.quantize import QUANTIZE_CHOICES, quantize_int8
-from nmt.search import Hypothesis, Sampler, beam_search, greedy_search
+from nmt.search import Hypothesis, search
 from nmt.tokenizer import BOS, EOS, Tokenizer
 
 log = logging.getLogger("nmt")
-
-
-def model_from_checkpoint(
-    state: dict[str, Any], path: Path | str = "checkpoint"
-) -> tuple[Recipe, Seq2Seq, Tokenizer, Tokenizer]:
-    """Rebuild the recipe, the model and both tokenizers from a loaded checkpoint."""
-    try:
-        recipe = config.from_dict(state["recipe"])
-    except NmtError as e:
-        raise NmtError(f"{path}: its recipe is invalid for this nmt ({e})") from None
-    src_tok = Tokenizer(state["tokenizers"]["src"])
-    tgt_tok = Tokenizer(state["tokenizers"]["tgt"])
-    joint = state["tokenizers"]["src"] == state["tokenizers"]["tgt"]
-    model = build_model(recipe.model, len(src_tok), len(tgt_tok), joint)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        # The first line only says "Error(s) in loading state_dict"; the next one says which.
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        first = lines[1] if len(lines) > 1 else lines[0]
-        first = first if len(first) < 200 else first[:200] + "..."
-        raise NmtError(
-            f"{path}: weights do not match the model its recipe describes ({first})"
-        ) from None
-    return recipe, model, src_tok, tgt_tok
 
 
 @dataclass(frozen=True)
 class Translation:
     text: str
     score: float  # sum of the token log-probabilities, EOS included
-    norm_score: float  # the score search ranks by (after the length penalty)
+    norm_score: float  # score / GNMT length penalty: what beam search ranks by
     # For each target subword (EOS included), the source subword position (EOS = the last) it
     # attends to most, averaged over the heads of the last decoder layer's cross-attention.
     alignment: list[int] | None = None
@@ -68,11 +43,38 @@ class Translation:
     # The target subwords those positions are (EOS as "</s>"), with alignments or attention.
     pieces: list[str] | None = None
 
+    def as_dict(self) -> dict:
+        """The JSON form (the CLI's jsonl output): text and scores, plus the subword tokens and
+        alignment when they were asked for."""
+        record: dict[str, Any] = {
+            "translation": self.text,
+            "score": self.score,
+            "norm_score": self.norm_score,
+        }
+        if self.alignment is not None:
+            record["tokens"], record["alignment"] = self.pieces, self.alignment
+        return record
+
+
+def jsonl_record(
+    index: int, source: str, translations: list[Translation], source_pieces: list[str] | None
+) -> dict:
+    """One input line's JSON record: its index, source, n-best translations (and the source's
+    subwords, which alignments index)."""
+    record: dict[str, Any] = {
+        "id": index,
+        "source": source,
+        "nbest": [t.as_dict() for t in translations],
+    }
+    if source_pieces is not None:
+        record["source_tokens"] = source_pieces
+    return record
+
 
 class Translator:
     def __init__(
         self,
-        model: Seq2Seq | Ensemble,
+        model: EncoderDecoder,
         src_tok: Tokenizer,
         tgt_tok: Tokenizer,
         decode: DecodeConfig,
@@ -97,8 +99,13 @@ class Translator:
         quantize: str = "none",
         **decode_overrides: Any,
     ) -> Translator:
-        """A translator for one checkpoint, or for an ensemble of several (the first one's
-        decoding settings apply). `quantize="int8"` quantizes the linear layers (CPU only)."""
+        """A translator for one checkpoint or run folder, or for an ensemble of several.
+
+        A run folder gives the checkpoint it selected (see nmt.checkpoint.resolve) and the
+        decoding settings of its recipe.yaml (where `nmt tune` writes them); a checkpoint file
+        gives its own recipe's. The first model's settings apply to an ensemble; keyword
+        arguments (None: keep) override them. `quantize="int8"` quantizes the linear layers
+        (CPU only)."""
         if quantize not in QUANTIZE_CHOICES:
             raise NmtError(
                 f"unknown quantization '{quantize}'; choose from {', '.join(QUANTIZE_CHOICES)}"
@@ -107,8 +114,15 @@ class Translator:
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         if not paths:
             raise NmtError("no checkpoint given")
-        state = checkpoint.load(paths[0])
-        recipe, model, src_tok, tgt_tok = model_from_checkpoint(state, paths[0])
+        first = checkpoint.resolve(paths[0])
+        if Path(paths[0]).is_dir() and checkpoint.read_selection(Path(paths[0])):
+            log.info(f"using {first}{_selection_note(Path(paths[0]))}")
+        state = checkpoint.load(first)
+        recipe, model, src_tok, tgt_tok = checkpoint.load_model(state, first)
+        decode = recipe.decode
+        run_recipe = Path(paths[0]) / "recipe.yaml"
+        if Path(paths[0]).is_dir() and run_recipe.is_file():
+            decode = config.read_decode(run_recipe)
         if len(paths) > 1:
             members = [model]
             for other in paths[1:]:
@@ -118,10 +132,10 @@ class Translator:
                         f"{other} has other vocabularies than {paths[0]}; an ensemble needs "
                         "models trained with the same SentencePiece models"
                     )
-                members.append(model_from_checkpoint(other_state, other)[1])
+                members.append(checkpoint.load_model(other_state, other)[1])
             model = Ensemble(members)
         overrides = {k: v for k, v in decode_overrides.items() if v is not None}
-        decode = dataclasses.replace(recipe.decode, **overrides)
+        decode = dataclasses.replace(decode, **overrides)
         decode.validate()
         model.to(dev).eval()
         resolved = resolve_precision(precision, dev)
@@ -132,7 +146,7 @@ class Translator:
         return cls(model, src_tok, tgt_tok, decode, dev, resolved)
 
     def _encode(self, lines: list[str]) -> list[list[int]]:
-        limit = self.model.cfg.max_positions - 1  # room for EOS
+        limit = self.model.max_source_length
         ids = self.src_tok.encode(lines)
         for i, seq in enumerate(ids):
             if len(seq) > limit:
@@ -143,40 +157,19 @@ class Translator:
 
     def _decode_batch(self, batch: list[list[int]], nbest: int) -> list[list[Hypothesis]]:
         src = pad_sequences([torch.tensor(s) for s in batch], None, EOS).to(self.device)
-        d = self.decode
         with autocast(self.device, self.precision):
-            if d.method in ("greedy", "sample"):
-                sampler = None
-                if d.method == "sample":
-                    sampler = Sampler(d.temperature, d.top_k, d.top_p, self.generator)
-                hyps = greedy_search(
-                    self.model, src, d.max_len_a, d.max_len_b, d.min_len, d.no_repeat_ngram, sampler
-                )
-                return [[h] for h in hyps]
-            return beam_search(
-                self.model,
-                src,
-                max(d.beam_size, nbest),
-                d.length_penalty,
-                d.max_len_a,
-                d.max_len_b,
-                nbest=nbest,
-                min_len=d.min_len,
-                no_repeat_ngram=d.no_repeat_ngram,
-            )
+            return search(self.model, src, self.decode, nbest=nbest, generator=self.generator)
 
     @torch.inference_mode()
     def cross_attention(self, src: list[int], hyps: list[list[int]]) -> list[torch.Tensor]:
-        """The last decoder layer's cross-attention over `src` (+EOS) for each hypothesis
-        (+EOS), averaged over heads, from one teacher-forced pass: the decoder is causal, so
-        these are the weights the search saw when it chose each token."""
+        """The cross-attention over `src` (+EOS) for each hypothesis (+EOS) (for a Transformer:
+        its last decoder layer's, averaged over heads), from one teacher-forced pass: the
+        decoder is causal, so these are the weights the search saw when it chose each token."""
         n = len(hyps)
         src_t = pad_sequences([torch.tensor(src)] * n, None, EOS).to(self.device)
         tgt_in = pad_sequences([torch.tensor(h) for h in hyps], BOS, None).to(self.device)
         with autocast(self.device, self.precision):
-            memory, pad_mask = self.model.encode(src_t)
-            _, weights = self.model.decode(tgt_in, memory, pad_mask, need_weights=True)
-        weights = weights.float().mean(dim=1)  # (n, T, S)
+            weights = self.model.cross_attention(src_t, tgt_in).float()  # (n, T, S)
         return [weights[i, : len(h) + 1].cpu() for i, h in enumerate(hyps)]
 
     def translate_nbest(
@@ -190,39 +183,28 @@ class Translator:
         ids = self._encode([lines[i] for i in todo])
         # Longest first: the costliest batch runs (and fails, if memory is short) early.
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]), reverse=True)
-        batch: list[int] = []
-        width = 0
-        most = self.decode.batch_size or len(order)
-        for j in order + [None]:
-            if j is not None:
-                new_width = max(width, len(ids[j]) + 1)
-                fits = new_width * (len(batch) + 1) <= self.decode.batch_tokens
-                if not batch or (fits and len(batch) < most):
-                    batch.append(j)
-                    width = new_width
-                    continue
-            if batch:
-                hyp_lists = self._decode_batch([ids[b] for b in batch], nbest)
-                for b, hyps in zip(batch, hyp_lists):
-                    texts = self.tgt_tok.decode([h.tokens for h in hyps])
-                    weights: list = [None] * len(hyps)
-                    if alignment or attention:
-                        weights = self.cross_attention(ids[b], [h.tokens for h in hyps])
-                    outputs[todo[b]] = [
-                        Translation(
-                            t,
-                            h.score,
-                            h.norm_score,
-                            w.argmax(dim=-1).tolist() if alignment else None,
-                            w.tolist() if attention else None,
-                            self.tgt_tok.id_pieces(h.tokens) + ["</s>"]
-                            if alignment or attention
-                            else None,
-                        )
-                        for t, h, w in zip(texts, hyps, weights)
-                    ]
-            if j is not None:
-                batch, width = [j], len(ids[j]) + 1
+        sizes = [len(ids[j]) + 1 for j in order]  # with EOS
+        d = self.decode
+        for batch in batches_by_size(order, sizes, d.batch_tokens, d.batch_size):
+            hyp_lists = self._decode_batch([ids[b] for b in batch], nbest)
+            for b, hyps in zip(batch, hyp_lists):
+                texts = self.tgt_tok.decode([h.tokens for h in hyps])
+                weights: list = [None] * len(hyps)
+                if alignment or attention:
+                    weights = self.cross_attention(ids[b], [h.tokens for h in hyps])
+                outputs[todo[b]] = [
+                    Translation(
+                        t,
+                        h.score,
+                        h.norm_score,
+                        w.argmax(dim=-1).tolist() if alignment else None,
+                        w.tolist() if attention else None,
+                        self.tgt_tok.id_pieces(h.tokens) + ["</s>"]
+                        if alignment or attention
+                        else None,
+                    )
+                    for t, h, w in zip(texts, hyps, weights)
+                ]
         return outputs
 
     def translate(self, lines: list[str]) -> list[str]:
@@ -242,8 +224,9 @@ class Translator:
         while buffer := [line.rstrip("\r\n") for line in itertools.islice(it, buffer_lines)]:
             yield from zip(buffer, self.translate_nbest(buffer, nbest, alignment, attention))
 
-    def stream(self, lines: Iterable[str], buffer_lines: int = 1000) -> Iterator[str]:
-        """Translate an iterable of lines buffer by buffer, yielding outputs in input order."""
-        it = iter(lines)
-        while buffer := list(itertools.islice(it, buffer_lines)):
-            yield from self.translate([line.rstrip("\r\n") for line in buffer])
+
+def _selection_note(run_dir: Path) -> str:
+    """Why a run folder's checkpoint was chosen, for the log line."""
+    scores = checkpoint.read_selection(run_dir)
+    parts = ", ".join(f"{name} {bleu:.2f}" for name, bleu in scores.items())
+    return f", the higher on validation BLEU ({parts})"

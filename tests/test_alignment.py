@@ -19,7 +19,7 @@ def test_cross_attention_equals_incremental_weights():
     cfg = ModelConfig(
         d_model=16, heads=2, ff_dim=32, encoder_layers=1, decoder_layers=2, dropout=0.0
     )
-    model = build_model(cfg, 12, 12, joint_vocab=True).eval()
+    model = build_model(cfg, 12, 12, share_all=True).eval()
     translator = Translator(model, None, None, DecodeConfig(), torch.device("cpu"))
     src, hyp = [5, 6, 7, 8], [9, 4, 10]
     got = translator.cross_attention(src, [hyp])[0]
@@ -28,7 +28,7 @@ def test_cross_attention_equals_incremental_weights():
     rows = []
     with torch.no_grad():
         memory, mask = model.encode(src_t)
-        cache = model.new_cache()
+        cache = model.start(src_t).cache
         for step, token in enumerate([BOS] + hyp):
             _, w = model.decode(
                 torch.tensor([[token]]), memory, mask, cache, start=step, need_weights=True

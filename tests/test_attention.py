@@ -31,20 +31,20 @@ ATOL, RTOL = 1e-5, 1e-5
 
 
 def make_attention(
-    kind: str, d_model: int = D_MODEL, heads: int = HEADS, static_kv: bool = False
+    kind: str, d_model: int = D_MODEL, heads: int = HEADS, cross: bool = False
 ) -> Attention:
     """A module of `kind` whose parameters are all perturbed away from their initial values, so
     that the (zero-initialised) biases and Luong's near-identity W_a are really exercised."""
     if kind == "multihead":
-        attn = MultiHeadAttention(d_model, heads, 0.0, static_kv)
+        attn = MultiHeadAttention(d_model, heads, 0.0, cross)
     elif kind == "luong_dot":
-        attn = LuongAttention(d_model, heads, 0.0, static_kv, score="dot")
+        attn = LuongAttention(d_model, heads, 0.0, cross, score="dot")
     elif kind == "luong_general":
-        attn = LuongAttention(d_model, heads, 0.0, static_kv, score="general")
+        attn = LuongAttention(d_model, heads, 0.0, cross, score="general")
     elif kind == "luong_general_scaled":
-        attn = LuongAttention(d_model, heads, 0.0, static_kv, score="general", scaled=True)
+        attn = LuongAttention(d_model, heads, 0.0, cross, score="general", scaled=True)
     elif kind == "bahdanau":
-        attn = BahdanauAttention(d_model, heads, 0.0, static_kv)
+        attn = BahdanauAttention(d_model, heads, 0.0, cross)
     else:
         raise ValueError(kind)
     with torch.no_grad():
@@ -67,6 +67,17 @@ def random_padding(batch: int, length: int) -> torch.Tensor:
 # The float64 reference, written from the formulas.
 
 
+def qkv_weights(attn: Attention) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Q, K, V projections stacked (3·d × d) in float64, whichever modules hold them: one
+    `in_proj` (self-attention) or `q_proj` and `kv_proj` (cross-attention)."""
+    if attn.cross:
+        w = torch.cat([attn.q_proj.weight, attn.kv_proj.weight])
+        b = torch.cat([attn.q_proj.bias, attn.kv_proj.bias])
+    else:
+        w, b = attn.in_proj.weight, attn.in_proj.bias
+    return w.detach().double(), b.detach().double()
+
+
 def reference_attention(
     attn: Attention,
     kind: str,
@@ -86,8 +97,7 @@ def reference_attention(
     """
     d, heads = attn.d_model, attn.heads
     dh = d // heads
-    w_in = attn.in_proj.weight.detach().double()
-    b_in = attn.in_proj.bias.detach().double()
+    w_in, b_in = qkv_weights(attn)
     w_out = attn.out_proj.weight.detach().double()
     b_out = attn.out_proj.bias.detach().double()
     x_q, x_m = query.detach().double(), memory.detach().double()
@@ -156,7 +166,7 @@ def test_self_attention_matches_float64_reference(kind, causal):
 def test_cross_attention_matches_float64_reference(kind):
     """Query and memory are different tensors of different lengths (the encoder-decoder case)."""
     torch.manual_seed(11)
-    attn = make_attention(kind, static_kv=True)
+    attn = make_attention(kind, cross=True)
     query, memory = torch.randn(4, 5, D_MODEL), torch.randn(4, 9, D_MODEL)
     for mask in (None, random_padding(4, 9)):
         ref_out, ref_w = reference_attention(attn, kind, query, memory, mask, False)
@@ -363,7 +373,7 @@ def test_bahdanau_chunked_gradients_match_float64_autograd():
 def test_bahdanau_chunked_equals_unchunked_in_eval_mode():
     """Without grad (inference) chunking gives the same results too."""
     torch.manual_seed(32)
-    whole = make_attention("bahdanau", static_kv=True)
+    whole = make_attention("bahdanau", cross=True)
     chunked = copy.deepcopy(whole)
     chunked.chunk_elements = 1
     query, memory = torch.randn(2, 6, D_MODEL), torch.randn(2, 8, D_MODEL)
@@ -381,7 +391,7 @@ def test_bahdanau_chunked_equals_unchunked_in_eval_mode():
 @pytest.mark.parametrize("kind", MECHANISMS)
 def test_extra_padded_keys_do_not_change_cross_attention(kind):
     torch.manual_seed(40)
-    attn = make_attention(kind, static_kv=True)
+    attn = make_attention(kind, cross=True)
     query, memory = torch.randn(3, 5, D_MODEL), torch.randn(3, 6, D_MODEL)
     kpm = random_padding(3, 6)
     base, base_w = attn(query, memory, key_padding_mask=kpm, need_weights=True)
@@ -483,7 +493,7 @@ def test_incremental_self_attention_matches_full_causal_forward(kind):
 @pytest.mark.parametrize("kind", MECHANISMS)
 def test_incremental_cross_attention_with_static_kv_matches_full_forward(kind, need_weights):
     torch.manual_seed(51)
-    attn = make_attention(kind, static_kv=True)
+    attn = make_attention(kind, cross=True)
     query, memory = torch.randn(3, 6, D_MODEL), torch.randn(3, 9, D_MODEL)
     kpm = random_padding(3, 9)
     full, full_w = attn(query, memory, key_padding_mask=kpm, need_weights=True)
@@ -508,7 +518,7 @@ def test_incremental_cross_attention_with_static_kv_matches_full_forward(kind, n
 def test_reorder_cache_selects_rows_and_decoding_continues_correctly(kind):
     torch.manual_seed(52)
     self_attn = make_attention(kind)
-    cross_attn = make_attention(kind, static_kv=True)
+    cross_attn = make_attention(kind, cross=True)
     B, T, S = 4, 7, 5
     x = torch.randn(B, T, D_MODEL)
     memory = torch.randn(B, S, D_MODEL)

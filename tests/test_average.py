@@ -1,7 +1,11 @@
-"""`train.keep_last` and `nmt average`: checkpoint averaging against a float64 mean."""
+"""`train.keep_last`, `train.average_last` and `nmt average`: checkpoint averaging against a
+float64 mean, and the choice between best.pt and averaged.pt."""
 
 from __future__ import annotations
 
+import json
+
+import pytest
 import torch
 from conftest import tiny_recipe, write_recipe
 from test_cli import assert_user_error, nmt
@@ -54,3 +58,44 @@ def test_keep_last_then_average(tmp_path, small_corpus):
         nmt("average", run / "step_6.pt", tmp_path / "other.pt", "-o", tmp_path / "y.pt"),
         "has another model",
     )
+
+
+def test_average_last_writes_validates_and_selects(tmp_path, small_corpus):
+    """train.average_last: averaged.pt is the float64 mean of the last N step checkpoints, it is
+    validated, and `nmt translate RUN` uses whichever of best.pt and averaged.pt validated
+    higher, saying so on stderr."""
+    recipe = config.from_dict(
+        tiny_recipe(
+            small_corpus,
+            tmp_path / "run",
+            train={"max_steps": 24, "valid_every": 6, "average_last": 3},
+        )
+    )
+    data.preprocess(recipe)
+    result = train.train(recipe, progress=False)
+    run = tmp_path / "run"
+    # average_last keeps the step checkpoints it needs (keep_last is 0).
+    names = ["step_12.pt", "step_18.pt", "step_24.pt"]
+    assert sorted(p.name for p in run.glob("step_*.pt")) == sorted(names)
+    steps = [torch.load(run / n, weights_only=True)["model"] for n in names]
+    averaged = torch.load(run / "averaged.pt", weights_only=True)
+    for name in steps[0]:
+        expected = sum(s[name].double() for s in steps) / 3
+        torch.testing.assert_close(averaged["model"][name].double(), expected, atol=1e-7, rtol=0)
+    records = [json.loads(line) for line in (run / "log.jsonl").open()]
+    [record] = [r for r in records if r["kind"] == "averaged"]
+    assert record["checkpoints"] == names and record["valid_bleu"] == result.averaged_bleu
+    selection = json.loads((run / "selected.json").read_text())
+    chosen = "averaged.pt" if result.averaged_bleu >= result.best_bleu else "best.pt"
+    assert selection["checkpoint"] == chosen == result.selected
+    # The averaged weights score what the log says when validated again from the file.
+    from nmt.translate import Translator
+    from nmt.validate import validate
+
+    prepared = data.Prepared.open(recipe.prepared_dir)
+    translator = Translator.load(run / "averaged.pt", method="greedy")
+    again = validate(translator, prepared.dataset("valid"), *prepared.raw_valid(), 1024)
+    assert again.bleu == pytest.approx(record["valid_bleu"], abs=1e-6)
+    # `nmt translate RUN` says which checkpoint it took.
+    out = nmt("translate", run, "--greedy", input="The dog laughed.\n")
+    assert out.exit_code == 0 and f"using{run / chosen}" in "".join(out.stderr.split())

@@ -10,15 +10,9 @@ import torch
 from conftest import tiny_recipe
 
 from nmt import config
-from nmt.data import (
-    Prepared,
-    TokenArray,
-    collate,
-    preprocess,
-    read_lines,
-    token_batches,
-)
+from nmt.data import Prepared, TokenArray, collate, preprocess, token_batches
 from nmt.errors import NmtError
+from nmt.files import read_lines
 from nmt.tokenizer import BOS, EOS, PAD
 
 
@@ -141,7 +135,8 @@ def test_failed_preprocess_keeps_previous_data(tmp_path, small_corpus):
     with pytest.raises(NmtError, match="every training pair was filtered out"):
         preprocess(strict, force=True)
     assert {p.name: p.read_bytes() for p in recipe.prepared_dir.iterdir()} == files
-    assert [p.name for p in recipe.prepared_dir.parent.iterdir()] == ["prepared"]
+    # Nothing left behind but the data and the run folder's lock file.
+    assert sorted(p.name for p in recipe.prepared_dir.parent.iterdir()) == [".lock", "prepared"]
 
 
 def test_unequal_line_counts(tmp_path):
@@ -185,7 +180,7 @@ def test_unreadable_file_is_one_clear_line(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr("nmt.data.open", refuse, raising=False)
+    monkeypatch.setattr("nmt.files.open", refuse, raising=False)
     with pytest.raises(NmtError, match=r"cannot read .*train\.de: permission denied"):
         preprocess(recipe_for(corpus, tmp_path / "run"))
     assert not (tmp_path / "run").exists()

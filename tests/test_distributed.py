@@ -14,6 +14,7 @@ import torch
 from conftest import tiny_recipe, write_recipe
 
 from nmt import config, data, train
+from nmt.data import Prepared
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 6
@@ -82,6 +83,7 @@ def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path, small_
             ddp_state[name], single_state[name], atol=2e-5, rtol=1e-4, msg=name
         )
     # The weights did move: this is not two untrained models compared.
-    start = train.Trainer(config.from_dict(single), force=True, progress=False).model.state_dict()
+    recipe = config.from_dict(single)
+    start = train.initial_model(recipe, Prepared.open(recipe.prepared_dir)).state_dict()
     moved = sum(not torch.equal(start[k], single_state[k]) for k in start)
     assert moved > len(start) // 2

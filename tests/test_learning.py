@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import tiny_recipe
 
-from nmt import config, data, train
+from nmt import config, data, files, train
 from nmt.score import score_lines
 from nmt.translate import Translator
 
@@ -65,8 +65,8 @@ def test_tiny_model_learns_toy_task(tmp_path, toy_corpus, prepared, attention):
     seconds = time.perf_counter() - started
 
     translator = Translator.load(tmp_path / "run" / "best.pt")
-    src = list(data.read_lines(toy_corpus / "test.en"))
-    ref = list(data.read_lines(toy_corpus / "test.de"))
+    src = list(files.read_lines(toy_corpus / "test.en"))
+    ref = list(files.read_lines(toy_corpus / "test.de"))
     bleu = score_lines(translator.translate(src), [ref])[0].score
     copy_bleu = score_lines(src, [ref])[0].score
     print(

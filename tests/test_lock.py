@@ -22,9 +22,7 @@ def _recipe(tmp_path, small_corpus, **train):
     )
 
 
-def test_second_train_on_a_folder_in_use_is_refused_and_the_first_goes_on(
-    tmp_path, small_corpus
-):
+def test_second_train_on_a_folder_in_use_is_refused_and_the_first_goes_on(tmp_path, small_corpus):
     recipe = _recipe(tmp_path, small_corpus)
     data.preprocess(config.load(recipe))
     run = tmp_path / "run"
@@ -63,9 +61,7 @@ def test_a_lock_left_by_a_killed_run_does_not_block_the_resume(tmp_path, small_c
     assert kinds.count("resume") == 1 and kinds[-1] == "end"
 
 
-def test_preprocess_average_and_translate_into_a_folder_in_use_are_refused(
-    tmp_path, trained_run
-):
+def test_preprocess_average_and_translate_into_a_folder_in_use_are_refused(tmp_path, trained_run):
     """The lock is held here by this test process (flock locks belong to an open file, so a
     second open in the same process conflicts as another process would)."""
     recipe = trained_run.parent / "tiny.yaml"
@@ -74,9 +70,15 @@ def test_preprocess_average_and_translate_into_a_folder_in_use_are_refused(
     with lock.hold(trained_run, "train"):
         assert_user_error(nmt("preprocess", recipe, "--force"), str(trained_run), "in use")
         assert_user_error(
-            nmt("average", trained_run / "best.pt", trained_run / "last.pt",
-                "-o", trained_run / "avg.pt"),
-            "in use", f"pid {os.getpid()}",
+            nmt(
+                "average",
+                trained_run / "best.pt",
+                trained_run / "last.pt",
+                "-o",
+                trained_run / "avg.pt",
+            ),
+            "in use",
+            f"pid {os.getpid()}",
         )
         assert_user_error(
             nmt("translate", trained_run, "-i", text, "-o", trained_run / "out.txt"), "in use"

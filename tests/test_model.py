@@ -1,4 +1,4 @@
-"""The Seq2Seq model and the searches, for every attention mechanism.
+"""The Transformer model and the searches, for every attention mechanism.
 
 Tiny models are built through nmt.config.ModelConfig + nmt.model.build_model for each attention
 kind (and a per-site mix), in pre- and post-norm. Checked: shapes, invariance to source padding,
@@ -15,10 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmt.config import AttentionSites, ModelConfig
-from nmt.model import Seq2Seq, build_model
+from nmt.config import AttentionSites, DecodeConfig, ModelConfig
+from nmt.model import build_model
 from nmt.search import Hypothesis, beam_search, greedy_search, length_penalty
 from nmt.tokenizer import BOS, EOS, PAD
+from nmt.transformer import Transformer
 
 VOCAB = 13  # 0-3 are PAD, UNK, BOS, EOS
 ATOL = 1e-5
@@ -38,7 +39,7 @@ NORMS = ["pre", "post"]
 
 def make_model(
     kind: str, norm: str = "pre", seed: int = 0, decoder_layers: int = 1, eos_scale: float = 1.0
-) -> Seq2Seq:
+) -> Transformer:
     """A tiny model, all parameters perturbed (biases, layer norms and W_a leave their initial
     values), put in eval mode. Dropout is set non-zero everywhere so that eval() has to disable
     it for the comparisons below to hold."""
@@ -57,7 +58,7 @@ def make_model(
         **KINDS[kind],
     )
     cfg.validate()
-    model = build_model(cfg, VOCAB, VOCAB, joint_vocab=True)
+    model = build_model(cfg, VOCAB, VOCAB, share_all=True)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -80,7 +81,7 @@ def target_in(batch: int, length: int) -> torch.Tensor:
     return tgt
 
 
-def log_probs(model: Seq2Seq, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+def log_probs(model: Transformer, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return F.log_softmax(model(src, tgt_in), dim=-1)
 
@@ -91,8 +92,8 @@ def test_attention_kinds_are_built_per_site():
     assert type(enc.self_attn).__name__ == "MultiHeadAttention"
     assert type(dec.self_attn).__name__ == "LuongAttention" and dec.self_attn.score == "general"
     assert type(dec.cross_attn).__name__ == "BahdanauAttention"
-    assert dec.cross_attn.static_kv and not dec.self_attn.static_kv
-    assert not enc.self_attn.static_kv
+    assert dec.cross_attn.cross and not dec.self_attn.cross
+    assert not enc.self_attn.cross
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,7 +121,7 @@ def test_forward_and_decode_shapes(kind, norm):
 def test_forward_shapes_with_separate_vocabularies():
     torch.manual_seed(2)
     cfg = ModelConfig(d_model=16, heads=2, ff_dim=32, encoder_layers=1, decoder_layers=1)
-    model = build_model(cfg, src_vocab=9, tgt_vocab=VOCAB, joint_vocab=False).eval()
+    model = build_model(cfg, src_vocab=9, tgt_vocab=VOCAB, share_all=False).eval()
     assert model.src_embed is not model.tgt_embed
     with torch.no_grad():
         out = model(torch.randint(4, 9, (2, 4)), target_in(2, 3))
@@ -163,18 +164,18 @@ def test_future_target_tokens_do_not_change_earlier_outputs(kind, norm):
 
 
 def _decode_step_by_step(model, src, tgt, reorder_at=None, order=None):
+    """Log-probabilities of each next token, fed one position at a time through the search
+    interface (start, step, reorder), as a search feeds them."""
     with torch.no_grad():
-        memory, pad_mask = model.encode(src)
-        cache = model.new_cache()
+        state = model.start(src)
         steps = []
         for t in range(tgt.shape[1]):
             if t == reorder_at:
-                model.reorder(cache, order, order)
-                memory, pad_mask, tgt = memory[order], pad_mask[order], tgt[order]
+                model.reorder(state, order, order)
+                tgt = tgt[order]
                 steps = [s[order] for s in steps]
-            logits, _ = model.decode(tgt[:, t : t + 1], memory, pad_mask, cache, start=t)
-            steps.append(F.log_softmax(logits, dim=-1))
-    return torch.cat(steps, dim=1), cache
+            steps.append(model.step(state, tgt[:, t : t + 1])[:, None])
+    return torch.cat(steps, dim=1), state.cache
 
 
 @pytest.mark.parametrize("kind, norm", [(kind, "pre") for kind in KINDS] + [("mixed", "post")])
@@ -193,7 +194,7 @@ def test_incremental_decoding_matches_full_forward(kind, norm):
 
 @pytest.mark.parametrize("kind", ["multihead", "mixed"])
 def test_incremental_decoding_with_reordered_cache_matches_full_forward(kind):
-    """Seq2Seq.reorder in the middle of decoding, as beam search does (with a duplicate row).
+    """Transformer.reorder in the middle of decoding, as beam search does (with a duplicate row).
     The mixed model has Luong self-attention and Bahdanau cross-attention caches."""
     model = make_model(kind, "pre", seed=6, decoder_layers=2)
     torch.manual_seed(6)
@@ -212,8 +213,8 @@ def test_cached_decode_of_several_new_positions_matches_full_forward(kind):
     src, tgt = random_batch([4, 3]), target_in(2, 5)
     full = log_probs(model, src, tgt)
     with torch.no_grad():
-        memory, pad_mask = model.encode(src)
-        cache = model.new_cache()
+        state = model.start(src)
+        memory, pad_mask, cache = state.memory, state.pad_mask, state.cache
         first, _ = model.decode(tgt[:, :3], memory, pad_mask, cache, start=0)  # 3 positions
         rest, _ = model.decode(tgt[:, 3:], memory, pad_mask, cache, start=3)  # 2 positions
     inc = F.log_softmax(torch.cat([first, rest], dim=1), dim=-1)
@@ -225,6 +226,11 @@ def test_cached_decode_of_several_new_positions_matches_full_forward(kind):
 
 SEARCH_LENGTHS = [3, 1, 2]  # source lengths of the batch; output limit = 1.0 * length + 1
 MAX_A, MAX_B = 1.0, 1
+GREEDY = DecodeConfig(method="greedy", max_len_a=MAX_A, max_len_b=MAX_B)
+
+
+def beam_options(beam_size: int, alpha: float) -> DecodeConfig:
+    return DecodeConfig(beam_size=beam_size, length_penalty=alpha, max_len_a=MAX_A, max_len_b=MAX_B)
 
 
 class SearchRun:
@@ -235,10 +241,9 @@ class SearchRun:
         self.model = make_model(kind, norm, seed=11, eos_scale=0.8)
         torch.manual_seed(11)
         self.src = random_batch(SEARCH_LENGTHS)
-        lim = {"max_len_a": MAX_A, "max_len_b": MAX_B}
-        self.greedy = greedy_search(self.model, self.src, **lim)
-        self.beam = beam_search(self.model, self.src, beam_size=3, alpha=0.0, nbest=3, **lim)
-        self.beam1 = beam_search(self.model, self.src, beam_size=1, alpha=1.0, **lim)
+        self.greedy = greedy_search(self.model, self.src, GREEDY)
+        self.beam = beam_search(self.model, self.src, beam_options(3, 0.0), nbest=3)
+        self.beam1 = beam_search(self.model, self.src, beam_options(1, 1.0))
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +251,7 @@ def search_run(request) -> SearchRun:
     return SearchRun(request.param)
 
 
-def rescore(model: Seq2Seq, src: torch.Tensor, rows: list[int], hyps: list[Hypothesis]):
+def rescore(model: Transformer, src: torch.Tensor, rows: list[int], hyps: list[Hypothesis]):
     """Teacher-forced sum of log-probabilities of each hypothesis' tokens followed by EOS, from
     one full forward pass (hypothesis i is scored against source row rows[i]). Also returns the
     log-probabilities (N, T, V) of that pass."""
@@ -276,6 +281,10 @@ def test_greedy_scores_equal_teacher_forced_rescoring(search_run):
     expected, lp = rescore(run.model, run.src, list(range(len(run.greedy))), run.greedy)
     for h, score in zip(run.greedy, expected):
         assert h.score == pytest.approx(score, abs=1e-4)
+        # The same length-penalised score as beam search ranks by (GREEDY's alpha is 1).
+        assert h.norm_score == pytest.approx(
+            h.score / length_penalty(len(h.tokens) + 1, 1.0), rel=1e-9
+        )
     # Greedy picks the most likely token at every step (re-checked by teacher forcing).
     lp[:, :, [PAD, BOS]] = -math.inf
     for row, h in enumerate(run.greedy):
@@ -330,14 +339,13 @@ def test_beam_best_score_is_not_below_greedy(search_run):
 @pytest.mark.parametrize("search_run", list(KINDS), indirect=True)
 def test_sentence_decoded_alone_equals_decoded_in_batch(search_run):
     run = search_run
-    lim = {"max_len_a": MAX_A, "max_len_b": MAX_B}
     # The longest sentence (the others finish first and leave the batch) and the shortest
     # (the most padded one).
     for row in (0, 1):
         alone_src = run.src[row : row + 1, : SEARCH_LENGTHS[row]]
-        (g,) = greedy_search(run.model, alone_src, **lim)
+        (g,) = greedy_search(run.model, alone_src, GREEDY)
         assert g.tokens == run.greedy[row].tokens
         assert g.score == pytest.approx(run.greedy[row].score, abs=1e-4)
-        (b,) = beam_search(run.model, alone_src, beam_size=3, alpha=0.0, nbest=3, **lim)
+        (b,) = beam_search(run.model, alone_src, beam_options(3, 0.0), nbest=3)
         assert [h.tokens for h in b] == [h.tokens for h in run.beam[row]]
         assert [h.score for h in b] == pytest.approx([h.score for h in run.beam[row]], abs=1e-4)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from test_cli import assert_user_error, nmt
 
-from nmt.config import ModelConfig
+from nmt.config import DecodeConfig, ModelConfig
 from nmt.model import build_model
 from nmt.quantize import quantize_int8
 from nmt.search import beam_search
@@ -31,7 +31,7 @@ def model_with(attention: str) -> torch.nn.Module:
         dropout=0.0,
         attention=attention,
     )
-    return build_model(cfg, VOCAB, VOCAB, joint_vocab=True).eval()
+    return build_model(cfg, VOCAB, VOCAB, share_all=True).eval()
 
 
 @pytest.mark.parametrize("attention", ["multihead", "luong", "bahdanau"])
@@ -47,9 +47,11 @@ def test_int8_log_probs_are_close_to_fp32(attention):
     # Every linear layer, the output projection included, now runs in int8.
     dynamic = torch.ao.nn.quantized.dynamic.Linear
     assert not any(type(m) is torch.nn.Linear for m in int8.modules())
-    # 4 per attention site (6 sites: in_proj, out_proj, and the split query and key/value
-    # copies), 2 per feed-forward (4 layers), and the output projection.
-    assert sum(isinstance(m, dynamic) for m in int8.modules()) == 6 * 4 + 4 * 2 + 1
+    # 2 per self-attention site (in_proj, out_proj; 4 sites), 3 per cross-attention site
+    # (q_proj, kv_proj, out_proj; 2 sites), 2 per feed-forward (4 layers), the output projection.
+    assert sum(isinstance(m, dynamic) for m in int8.modules()) == 4 * 2 + 2 * 3 + 4 * 2 + 1
+    # The embedding keeps its float table; the output projection got an int8 copy of it.
+    assert int8.tgt_embed.weight.dtype == torch.float32
     # int8 weights with per-row scales: a few hundredths of a nat on log-probabilities of ~-5
     # (a randomly initialised model; a trained one is checked by BLEU in test_learning.py).
     error = (got - expected).abs()
@@ -64,12 +66,8 @@ def test_int8_incremental_decoding_matches_its_full_forward(attention):
     tgt = torch.randint(4, VOCAB, (3, 6))
     with torch.inference_mode():
         full = F.log_softmax(int8(src, tgt), -1)
-        memory, mask = int8.encode(src)
-        cache = int8.new_cache()
-        steps = [
-            F.log_softmax(int8.decode(tgt[:, t : t + 1], memory, mask, cache, t)[0], -1)
-            for t in range(tgt.shape[1])
-        ]
+        state = int8.start(src)
+        steps = [int8.step(state, tgt[:, t : t + 1])[:, None] for t in range(tgt.shape[1])]
     # Activations are quantized per call (one range per tensor), so one step at a time sees
     # other ranges than the whole sequence at once: as close as int8 is to fp32, not equal.
     assert (torch.cat(steps, 1) - full).abs().max() < 0.2
@@ -81,8 +79,9 @@ def test_int8_beam_search_runs_and_mostly_agrees_with_fp32():
     int8 = quantize_int8(copy.deepcopy(model))
     src = torch.randint(4, VOCAB, (6, 7))
     with torch.inference_mode():
-        a = beam_search(model, src, 4, 1.0, 1.0, 8)
-        b = beam_search(int8, src, 4, 1.0, 1.0, 8)
+        options = DecodeConfig(beam_size=4, length_penalty=1.0, max_len_a=1.0, max_len_b=8)
+        a = beam_search(model, src, options)
+        b = beam_search(int8, src, options)
     assert len(b) == 6 and all(len(h) >= 1 for h in b)
     same = sum(x[0].tokens == y[0].tokens for x, y in zip(a, b))
     assert same >= 4

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from nmt.config import ModelConfig
+from nmt.config import DecodeConfig, ModelConfig
 from nmt.model import build_model
 from nmt.search import Sampler, beam_search, greedy_search
 from nmt.tokenizer import EOS, PAD
@@ -21,7 +21,7 @@ def repetitive_model() -> torch.nn.Module:
     cfg = ModelConfig(
         d_model=16, heads=2, ff_dim=32, encoder_layers=1, decoder_layers=1, dropout=0.0
     )
-    model = build_model(cfg, VOCAB, VOCAB, joint_vocab=True).eval()
+    model = build_model(cfg, VOCAB, VOCAB, share_all=True).eval()
     with torch.no_grad():
         model.tgt_embed.weight[EOS] *= 0.0
     return model
@@ -35,6 +35,14 @@ def source() -> torch.Tensor:
     return src
 
 
+def greedy(**options) -> DecodeConfig:
+    return DecodeConfig(**{"method": "greedy", "max_len_a": 1.0, "max_len_b": 8, **options})
+
+
+def beam(**options) -> DecodeConfig:
+    return DecodeConfig(beam_size=3, length_penalty=1.0, max_len_a=1.0, max_len_b=8, **options)
+
+
 def ngrams(tokens: list[int], n: int) -> list[tuple[int, ...]]:
     return [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
 
@@ -46,8 +54,8 @@ def test_no_repeat_ngram(n, search):
 
     def run(block: int):
         if search == "greedy":
-            return [h.tokens for h in greedy_search(model, src, 1.0, 8, no_repeat_ngram=block)]
-        return [h[0].tokens for h in beam_search(model, src, 3, 1.0, 1.0, 8, no_repeat_ngram=block)]
+            return [h.tokens for h in greedy_search(model, src, greedy(no_repeat_ngram=block))]
+        return [h[0].tokens for h in beam_search(model, src, beam(no_repeat_ngram=block))]
 
     unblocked = run(0)
     # Without blocking these outputs do repeat (else the test would prove nothing).
@@ -62,33 +70,34 @@ def test_min_len(search):
     cfg = ModelConfig(
         d_model=16, heads=2, ff_dim=32, encoder_layers=1, decoder_layers=1, dropout=0.0
     )
-    model = build_model(cfg, VOCAB, VOCAB, joint_vocab=True).eval()
+    model = build_model(cfg, VOCAB, VOCAB, share_all=True).eval()
     with torch.no_grad():
         model.tgt_embed.weight[EOS] *= 8.0  # EOS very likely: outputs end at once
     src = source()
     if search == "greedy":
-        short = [h.tokens for h in greedy_search(model, src, 1.0, 8)]
-        longer = [h.tokens for h in greedy_search(model, src, 1.0, 8, min_len=4)]
+        short = [h.tokens for h in greedy_search(model, src, greedy())]
+        longer = [h.tokens for h in greedy_search(model, src, greedy(min_len=4))]
     else:
-        short = [h[0].tokens for h in beam_search(model, src, 3, 1.0, 1.0, 8)]
-        longer = [h[0].tokens for h in beam_search(model, src, 3, 1.0, 1.0, 8, min_len=4)]
+        short = [h[0].tokens for h in beam_search(model, src, beam())]
+        longer = [h[0].tokens for h in beam_search(model, src, beam(min_len=4))]
     assert min(len(t) for t in short) < 4
     assert all(len(t) >= 4 for t in longer)
 
 
 def test_sampling_is_seeded_and_top_k_1_is_greedy():
     model, src = repetitive_model(), source()
-    greedy = [h.tokens for h in greedy_search(model, src, 1.0, 8)]
+    most_likely = [h.tokens for h in greedy_search(model, src, greedy())]
 
     def sample(seed: int, **options) -> list[list[int]]:
-        sampler = Sampler(generator=torch.Generator().manual_seed(seed), **options)
-        return [h.tokens for h in greedy_search(model, src, 1.0, 8, sampler=sampler)]
+        generator = torch.Generator().manual_seed(seed)
+        hyps = greedy_search(model, src, greedy(method="sample", **options), generator=generator)
+        return [h.tokens for h in hyps]
 
     assert sample(1) == sample(1)
     assert sample(1) != sample(2)
-    assert sample(5, top_k=1) == greedy
-    assert sample(5, top_p=1e-6) == greedy
-    assert sample(5, temperature=1e-4) == greedy
+    assert sample(5, top_k=1) == most_likely
+    assert sample(5, top_p=1e-6) == most_likely
+    assert sample(5, temperature=1e-4) == most_likely
 
 
 def _filtered_reference(

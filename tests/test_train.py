@@ -1,4 +1,5 @@
-"""Training pieces against independent references: the loss, the schedule, accumulation."""
+"""Training pieces against independent references: the loss, the schedules, accumulation,
+skipped updates, the wall-clock budget and checkpoint averaging."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-from nmt import config, data
-from nmt.data import collate
+from nmt import config, data, schedule, train
+from nmt.config import TrainConfig
+from nmt.data import Prepared, collate
+from nmt.loss import batch_loss
 from nmt.tokenizer import PAD
-from nmt.train import Trainer, batch_loss, inverse_sqrt_lr
+from nmt.train import Trainer, initial_model
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +29,45 @@ def trainer_recipe(tmp_path_factory, small_corpus):
 
 
 def test_inverse_sqrt_schedule():
-    warmup, peak = 100, 1e-3
+    cfg = TrainConfig(lr=1e-3, warmup_steps=100)
     for step in (1, 50, 100, 101, 400, 10_000):
-        expected = peak * step / warmup if step <= warmup else peak * math.sqrt(warmup / step)
-        assert inverse_sqrt_lr(step, peak, warmup) == pytest.approx(expected, rel=1e-12)
+        expected = 1e-3 * step / 100 if step <= 100 else 1e-3 * math.sqrt(100 / step)
+        assert schedule.learning_rate(step, cfg) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_decaying_schedules_match_their_formulas(kind):
+    """Warm-up to the peak, then down to min_lr exactly at the end (max_steps, or the fitted
+    end), and flat after it; computed here in float64 from the formulas."""
+    cfg = TrainConfig(lr=2e-3, min_lr=1e-4, warmup_steps=10, schedule=kind, max_steps=110)
+
+    def expected(step: int, end: int) -> float:
+        if step <= 10:
+            return 2e-3 * step / 10
+        p = min(1.0, (step - 10) / (end - 10))
+        decay = 1 - p if kind == "linear" else 0.5 * (1 + math.cos(math.pi * p))
+        return 1e-4 + (2e-3 - 1e-4) * decay
+
+    for end in (None, 60):
+        for step in (1, 5, 10, 11, 35, 59, 60, 61, 100, 110, 200):
+            got = schedule.learning_rate(step, cfg, end)
+            assert got == pytest.approx(expected(step, end or 110), rel=1e-12), (step, end)
+    assert schedule.learning_rate(110, cfg) == pytest.approx(1e-4)
+    assert schedule.learning_rate(10, cfg) == pytest.approx(2e-3)
+
+
+def _trainer(recipe) -> Trainer:
+    prepared = Prepared.open(recipe.prepared_dir)
+    return Trainer(initial_model(recipe, prepared), recipe.train, torch.device("cpu"))
+
+
+def _data(recipe):
+    return Prepared.open(recipe.prepared_dir).dataset("train")
 
 
 def test_batch_loss_matches_float64_label_smoothed_cross_entropy(trainer_recipe):
-    trainer = Trainer(trainer_recipe, force=True, progress=False)
-    model = trainer.model.eval()
-    batch = collate(trainer.valid_data, list(range(6)))
+    model = _trainer(trainer_recipe).model.eval()
+    batch = collate(Prepared.open(trainer_recipe.prepared_dir).dataset("valid"), list(range(6)))
     eps = 0.1
     with torch.no_grad():
         ours = batch_loss(model, batch, label_smoothing=eps).item()
@@ -56,7 +88,7 @@ def test_batch_loss_matches_float64_label_smoothed_cross_entropy(trainer_recipe)
 
 
 def _gradients_of_update(trainer: Trainer, group) -> tuple[list[torch.Tensor], float, int]:
-    """Run one `_update` and return the gradients the optimizer was given."""
+    """Run one update and return the gradients the optimizer was given."""
     seen: list[torch.Tensor] = []
     step = trainer.optimizer.step
 
@@ -65,22 +97,21 @@ def _gradients_of_update(trainer: Trainer, group) -> tuple[list[torch.Tensor], f
         return step(*args, **kwargs)
 
     trainer.optimizer.step = record
-    loss, tokens = trainer._update(group)
-    return seen, float(loss), tokens
+    update = trainer.update(group, lr=1e-3)
+    return seen, float(update.loss), update.tokens
 
 
 def test_accumulating_two_halves_equals_one_full_batch(trainer_recipe):
     """The gradient of an update over two accumulated halves equals that of the whole batch
     (the loss is normalised by the update's target tokens, not per batch)."""
-    full = Trainer(trainer_recipe, force=True, progress=False)
-    halves = Trainer(trainer_recipe, force=True, progress=False)
+    full = _trainer(trainer_recipe)
+    halves = _trainer(trainer_recipe)
     halves.model.load_state_dict(full.model.state_dict())
     indices = list(range(16))
-    grads_full, loss_full, tokens_full = _gradients_of_update(
-        full, [collate(full.train_data, indices)]
-    )
+    train_data = _data(trainer_recipe)
+    grads_full, loss_full, tokens_full = _gradients_of_update(full, [collate(train_data, indices)])
     grads_halves, loss_halves, tokens_halves = _gradients_of_update(
-        halves, [collate(full.train_data, indices[:5]), collate(full.train_data, indices[5:])]
+        halves, [collate(train_data, indices[:5]), collate(train_data, indices[5:])]
     )
     assert tokens_full == tokens_halves
     assert loss_full == pytest.approx(loss_halves, rel=1e-5)
@@ -112,22 +143,21 @@ def _weights(trainer: Trainer) -> list[torch.Tensor]:
 
 
 @pytest.mark.parametrize("fault", ["nan", "oom"])
-def test_faulty_update_is_skipped_and_counted(trainer_recipe, fault):
-    trainer = Trainer(trainer_recipe, force=True, progress=False)
+def test_faulty_update_is_skipped_and_reported(trainer_recipe, fault):
+    trainer = _trainer(trainer_recipe)
     trainer.loss_module = _Faulty(trainer.loss_module, at=1, fault=fault)
     before = _weights(trainer)
-    batch = collate(trainer.train_data, list(range(8)))
-    trainer._update([batch])
+    batch = collate(_data(trainer_recipe), list(range(8)))
+    assert trainer.update([batch], lr=1e-3).skipped == ("nonfinite" if fault == "nan" else "oom")
     assert all(torch.equal(a, b) for a, b in zip(before, _weights(trainer)))
-    assert (trainer.nonfinite_skipped, trainer.oom_skipped) == (
-        (1, 0) if fault == "nan" else (0, 1)
-    )
     assert all(p.grad is None for p in trainer.model.parameters())
-    trainer._update([batch])  # the next update is applied as usual
+    assert trainer.update([batch], lr=1e-3).skipped is None  # the next update is applied
     assert not all(torch.equal(a, b) for a, b in zip(before, _weights(trainer)))
 
 
-def test_training_goes_on_after_an_out_of_memory_batch(tmp_path, small_corpus, trainer_recipe):
+def test_training_goes_on_after_an_out_of_memory_batch(
+    tmp_path, small_corpus, trainer_recipe, monkeypatch
+):
     recipe = config.from_dict(
         tiny_recipe(
             small_corpus,
@@ -136,9 +166,17 @@ def test_training_goes_on_after_an_out_of_memory_batch(tmp_path, small_corpus, t
             train={"max_steps": 6, "valid_every": 6, "log_every": 2},
         )
     )
-    trainer = Trainer(recipe, progress=False)
-    trainer.loss_module = _Faulty(trainer.loss_module, at=3, fault="oom")
-    result = trainer.train()
+    forward = train._LossModule.forward
+    calls = []
+
+    def fail_third(self, *args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
+        return forward(self, *args)
+
+    monkeypatch.setattr(train._LossModule, "forward", fail_third)
+    result = train.train(recipe, progress=False)
     assert result.steps == 6
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
     assert [r["skipped_oom"] for r in records if r["kind"] == "train"] == [0, 1, 1]

@@ -1,0 +1,76 @@
+"""train.max_time: a wall-clock budget for the whole run, a decay fitted to end inside it, and
+an exact resume of a run the budget stopped."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import tiny_recipe
+from test_resume import STEPS, TRAIN, assert_same_losses, make_recipe, step_losses
+
+from nmt import config, data, train
+from nmt.errors import NmtError
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, small_corpus):
+    folder = tmp_path_factory.mktemp("budget_data")
+    recipe = config.from_dict(tiny_recipe(small_corpus, folder / "run", train=TRAIN))
+    data.preprocess(recipe)
+    return recipe.prepared_dir
+
+
+def test_budget_stops_the_run_and_the_decay_ends_inside_it(tmp_path, small_corpus, prepared):
+    budget = 6.0
+    recipe = config.from_dict(
+        tiny_recipe(
+            small_corpus,
+            tmp_path / "run",
+            data={"prepared_dir": str(prepared)},
+            train={
+                "max_time": f"{budget}s",
+                "schedule": "cosine",
+                "min_lr": 1e-5,
+                "warmup_steps": 10,
+                "max_steps": 100_000,
+                "valid_every": 20,
+                "log_every": 1,
+                "average_last": 2,
+                "threads": 1,
+            },
+        )
+    )
+    result = train.train(recipe, progress=False)
+    assert result.out_of_time and not result.interrupted
+    # The whole run, its last validation and the averaging included, kept to the budget
+    # (give or take the one update that was running when time was up).
+    assert result.seconds <= budget + 1.0
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    [fitted] = [r for r in records if r["kind"] == "schedule"]
+    assert fitted["step"] == 10 and 10 < fitted["end"] < 100_000
+    # The decay reached min_lr before the run stopped, near the step it was fitted to end at.
+    lrs = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
+    assert lrs[max(lrs)] == pytest.approx(1e-5) or max(lrs) < fitted["end"]
+    assert abs(max(lrs) - fitted["end"]) <= 0.35 * fitted["end"]
+    assert records[-1]["kind"] == "end" and records[-1]["out_of_time"]
+    assert any(r["kind"] == "averaged" for r in records)
+    # A resume is refused: the budget is spent.
+    with pytest.raises(NmtError, match=r"has used its train\.max_time .* raise train\.max_time"):
+        train.train(recipe, progress=False)
+
+
+def test_run_stopped_by_the_budget_resumes_exactly(tmp_path, small_corpus, prepared):
+    """Stopped by a budget far too small (after its first update), then resumed without one:
+    the per-step losses equal those of a run that was never stopped."""
+    folder = tmp_path / "reference"
+    folder.mkdir()
+    train.train(config.load(make_recipe(folder, small_corpus, prepared)), progress=False)
+    reference = step_losses(folder / "run")
+
+    recipe = make_recipe(tmp_path, small_corpus, prepared, max_time=0.001)
+    first = train.train(config.load(recipe), progress=False)
+    assert first.out_of_time and first.steps < STEPS
+    resumed = train.train(config.load(recipe, ["train.max_time=null"]), progress=False)
+    assert resumed.steps == STEPS
+    assert_same_losses(step_losses(tmp_path / "run"), reference)
