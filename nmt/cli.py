@@ -223,6 +223,37 @@ def translate(
             show_default=False,
         ),
     ] = None,
+    input_format: Annotated[
+        str,
+        typer.Option(
+            help='text: one sentence per line; jsonl: one {"source": ..., "prefix": ..., '
+            '"constraints": [...]} object per line.'
+        ),
+    ] = "text",
+    prefix: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="A target prefix per input line (an empty line for none): each translation "
+            "continues it.",
+            show_default=False,
+        ),
+    ] = None,
+    constraints: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help='Target phrases per input line, as a JSON list (["roter Hund"], [] for none): '
+            "each must appear in the translation (beam search).",
+            show_default=False,
+        ),
+    ] = None,
+    score_reference: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="Instead of translating, print the model's log-probability of each line of "
+            "this file as the translation of its input line: sum<TAB>per token.",
+            show_default=False,
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[
         str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")
@@ -235,14 +266,30 @@ def translate(
         ),
     ] = "none",
 ) -> None:
-    """Translate lines of text (a file or stdin), one output line per input line."""
-    from nmt.files import read_lines, write_lines
-    from nmt.translate import Translator
+    """Translate lines of text (a file or stdin), one output line per input line. CHECKPOINTS
+    may also be one folder written by `nmt export`, decoded with CTranslate2."""
+    from nmt.files import read_lines
+    from nmt.translate import Translator, reference_scores, requests
 
     with user_errors():
         # Every flag is checked before a model is loaded.
         if input is not None and not input.is_file():
             raise NmtError(f"input file not found: {input}")
+        for option, path in (
+            ("--prefix", prefix),
+            ("--constraints", constraints),
+            ("--score-reference", score_reference),
+        ):
+            if path is not None and not path.is_file():
+                raise NmtError(f"{option} file not found: {path}")
+        if input_format not in ("text", "jsonl"):
+            raise NmtError(f"unknown --input-format '{input_format}'; use text or jsonl")
+        if input_format == "jsonl" and (prefix or constraints):
+            raise NmtError("with --input-format jsonl, prefixes and constraints come in the input")
+        if score_reference is not None and (prefix or constraints or nbest > 1 or alignment):
+            raise NmtError(
+                "--score-reference scores given translations; it takes no search options"
+            )
         if output is not None and not output.parent.is_dir():
             raise NmtError(f"output folder does not exist: {output.parent}")
         if output_format not in ("text", "jsonl"):
@@ -287,8 +334,18 @@ def translate(
                 lines = read_lines(input)
             else:
                 lines = read_lines(sys.stdin.buffer, "standard input")
+            if score_reference is not None:
+                scored = reference_scores(translator, lines, read_lines(score_reference))
+                _emit(_format_reference_scores(scored, output_format), output)
+                return
+            items = requests(
+                lines,
+                read_lines(prefix) if prefix is not None else None,
+                read_lines(constraints) if constraints is not None else None,
+                jsonl=input_format == "jsonl",
+            )
             records = translator.stream_nbest(
-                lines, nbest, alignment=alignment, attention=plot_attention is not None
+                items, nbest, alignment=alignment, attention=plot_attention is not None
             )
             if plot_attention is not None:
                 records = _plotting(records, plot_attention, translator.src_tok.pieces)
@@ -297,12 +354,19 @@ def translate(
                 formatted = _format_jsonl(records, pieces)
             else:
                 formatted = _format_text(records, nbest)
-            if output is None:
-                for line in formatted:
-                    sys.stdout.write(line + "\n")
-                    sys.stdout.flush()
-            else:
-                write_lines(output, formatted)
+            _emit(formatted, output)
+
+
+def _emit(lines: Iterator[str], output: Path | None) -> None:
+    """Each line to stdout as soon as it is ready, or all of them to `output` atomically."""
+    from nmt.files import write_lines
+
+    if output is None:
+        for line in lines:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+    else:
+        write_lines(output, lines)
 
 
 def _plotting(records: Iterator, folder: Path, source_pieces: Callable) -> Iterator:
@@ -326,6 +390,15 @@ def _format_text(records: Iterator, nbest: int) -> Iterator[str]:
         else:
             for t in translations:
                 yield f"{index}\t{t.norm_score:.4f}\t{t.text}"
+
+
+def _format_reference_scores(scored: Iterator, output_format: str) -> Iterator[str]:
+    for index, (source, reference, result) in enumerate(scored):
+        if output_format == "text":
+            yield f"{result.score:.6f}\t{result.per_token:.6f}"
+        else:
+            record = {"id": index, "source": source, "reference": reference, **vars(result)}
+            yield json.dumps(record, ensure_ascii=False)
 
 
 def _format_jsonl(records: Iterator, source_pieces: Callable | None = None) -> Iterator[str]:
@@ -420,6 +493,36 @@ def average(
 
 
 @app.command()
+def export(
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A run folder (uses the checkpoint nmt translate would) or a checkpoint file.",
+            show_default=False,
+        ),
+    ],
+    out_dir: Annotated[Path, typer.Argument(help="The folder to write.", show_default=False)],
+    to: Annotated[str, typer.Option("--to", help="The format: ctranslate2.", show_default=False)],
+    quantization: Annotated[
+        str,
+        typer.Option(
+            help="How CTranslate2 stores the weights: none (float32), int8, int8_float32, "
+            "int8_float16, int8_bfloat16, float16 or bfloat16."
+        ),
+    ] = "none",
+    force: Annotated[bool, typer.Option(help="Replace an existing OUT_DIR.")] = False,
+) -> None:
+    """Export a trained model for CTranslate2, with its SentencePiece models and decoding
+    defaults (needs pip install 'nmt[ctranslate2]'); `nmt translate OUT_DIR` decodes it."""
+    from nmt.export import export as export_model
+
+    with user_errors():
+        with lock.hold_if_run_folder(out_dir.parent, "write an exported model"):
+            folder = export_model(run_dir, out_dir, to, quantization, force)
+        stderr.print(f"exported to {folder}; translate with: nmt translate {folder}")
+
+
+@app.command()
 def score(
     hypothesis: Annotated[Path, typer.Argument(help="System output, one sentence per line.")],
     reference: Annotated[
@@ -489,6 +592,82 @@ def score(
         else:
             for r in results:
                 print(r.text)
+
+
+@app.command()
+def serve(
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            help="Run folders or checkpoint files, each served as a model named after its "
+            "folder (or file), or NAME=PATH.",
+            show_default=False,
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 lets other machines in.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: any free one).")] = 8000,
+    max_lines: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Lines per request [default: 256].", show_default=False),
+    ] = None,
+    max_line_chars: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Characters per line [default: 2000].", show_default=False),
+    ] = None,
+    max_body_bytes: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Bytes per request body [default: 1048576].", show_default=False),
+    ] = None,
+    max_beam_size: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="Largest beam_size and nbest a request may ask for [default: 16].",
+            show_default=False,
+        ),
+    ] = None,
+    batching: Annotated[
+        bool,
+        typer.Option(help="Decode lines of concurrent requests together (--no-batching: apart)."),
+    ] = True,
+    max_wait_ms: Annotated[
+        float, typer.Option(help="How long a batch waits for more requests, in milliseconds.")
+    ] = 5.0,
+    batch_tokens: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(help="Source tokens per batch [default: the model's decode.batch_tokens]."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    precision: Annotated[
+        str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")
+    ] = "auto",
+    quantize: Annotated[str, typer.Option(help="none, or int8 (CPU only).")] = "none",
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Serve models over HTTP (needs `pip install 'nmt[serve]'`): POST /translate, GET /health,
+    GET /models, API docs at /docs. SIGTERM or Ctrl-C stops it after the requests in flight."""
+    with user_errors():
+        from nmt.serve import Batching, Limits
+        from nmt.serve import serve as run_server
+
+        given = {
+            "max_lines": max_lines,
+            "max_line_chars": max_line_chars,
+            "max_body_bytes": max_body_bytes,
+            "max_beam_size": max_beam_size,
+        }
+        run_server(
+            models,
+            host,
+            port,
+            limits=Limits(**{k: v for k, v in given.items() if v is not None}),
+            batching=Batching(batching, max_wait_ms, batch_tokens),
+            device=device,
+            precision=precision,
+            quantize=quantize,
+            access_log=access_log,
+        )
 
 
 def main() -> None:

@@ -93,6 +93,10 @@ class AttentionSites:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    # `transformer` (nmt/transformer.py) or `rnn`: a bidirectional recurrent encoder and an
+    # attentional recurrent decoder, Bahdanau's or Luong's (nmt/rnn.py). For an RNN, d_model is
+    # the embedding size and `attention` is `bahdanau` or `luong`.
+    arch: Literal["transformer", "rnn"] = "transformer"
     d_model: int = 256
     heads: int = 4
     ff_dim: int = 1024
@@ -105,24 +109,84 @@ class ModelConfig:
     norm: Literal["pre", "post"] = "pre"
     # One mechanism for every site, or a mapping {encoder: ..., decoder: ..., cross: ...}.
     attention: AttentionKind | AttentionSites = "multihead"
-    luong_score: Literal["dot", "general"] = "general"
+    # concat (vᵀ tanh(W [h_t; h̄_s])) is for arch rnn only.
+    luong_score: Literal["dot", "general", "concat"] = "general"
     # Divide Luong's scores by sqrt(d_head) as multi-head does (the paper does not).
     luong_scaled: bool = False
     # With a joint vocabulary the encoder embedding is tied too (all three matrices).
     share_all_embeddings: bool = True
     max_positions: int = 1024
+    # arch rnn: the recurrent cell; the decoder's hidden size (each encoder direction has half
+    # of it, so the encoder's states have this size too); Luong's input feeding.
+    rnn_type: Literal["gru", "lstm"] = "gru"
+    hidden_size: int = 512
+    input_feeding: bool = True
 
     def validate(self) -> None:
-        for name in ("d_model", "heads", "ff_dim", "encoder_layers", "decoder_layers"):
+        for name in ("d_model", "encoder_layers", "decoder_layers"):
+            _require(getattr(self, name) >= 1, f"model.{name}", "must be >= 1")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)")
+        _require(self.max_positions >= 8, "model.max_positions", "must be >= 8")
+        if self.arch == "rnn":
+            self._validate_rnn()
+        else:
+            self._validate_transformer()
+
+    def _validate_transformer(self) -> None:
+        for name in ("heads", "ff_dim"):
             _require(getattr(self, name) >= 1, f"model.{name}", "must be >= 1")
         _require(
             self.d_model % self.heads == 0,
             "model.d_model",
             f"({self.d_model}) must be divisible by model.heads ({self.heads})",
         )
-        for name in ("dropout", "attention_dropout", "activation_dropout"):
+        for name in ("attention_dropout", "activation_dropout"):
             _require(0.0 <= getattr(self, name) < 1.0, f"model.{name}", "must be in [0, 1)")
-        _require(self.max_positions >= 8, "model.max_positions", "must be >= 8")
+        _require(self.luong_score != "concat", "model.luong_score", "concat is for arch rnn only")
+        self._keep_defaults(("rnn_type", "hidden_size", "input_feeding"), "rnn")
+
+    def _validate_rnn(self) -> None:
+        _require(
+            self.attention in ("bahdanau", "luong"),
+            "model.attention",
+            f"must be bahdanau or luong for model.arch rnn, got {self.attention!r}",
+        )
+        _require(
+            self.hidden_size >= 2 and self.hidden_size % 2 == 0,
+            "model.hidden_size",
+            "must be even and >= 2 (each encoder direction has half)",
+        )
+        if self.attention == "luong":
+            _require(
+                self.decoder_layers == self.encoder_layers,
+                "model.decoder_layers",
+                "must equal model.encoder_layers with Luong attention (each decoder layer starts "
+                "from the final state of its encoder layer)",
+            )
+        else:
+            _require(self.input_feeding, "model.input_feeding", "applies to Luong attention only")
+        self._keep_defaults(
+            (
+                "heads",
+                "ff_dim",
+                "attention_dropout",
+                "activation_dropout",
+                "activation",
+                "norm",
+                "luong_scaled",
+            ),
+            "transformer",
+        )
+
+    def _keep_defaults(self, names: tuple[str, ...], arch: str) -> None:
+        """Refuse keys of the other architecture set to anything but their defaults."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        for name in names:
+            _require(
+                getattr(self, name) == defaults[name],
+                f"model.{name}",
+                f"applies to model.arch {arch} only",
+            )
 
     def attention_at(self, site: str) -> str:
         """The mechanism used at `site` (encoder, decoder or cross)."""
@@ -164,6 +228,10 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
     tf32: bool = True  # TF32 matmuls on GPUs that have them (Ampere and newer)
     compile: bool = False  # torch.compile the training step's model (dynamic shapes)
+    # Fine-tuning: start from this checkpoint's weights (fresh optimizer and schedule); `nmt
+    # preprocess` then takes its SentencePiece models instead of training new ones.
+    init_from: str | None = None
+    tensorboard: bool = False  # also write the logged scalars to run_dir/tensorboard
 
     def validate(self) -> None:
         for name in ("max_tokens", "accum_steps", "max_steps", "max_epochs", "valid_every"):
@@ -286,6 +354,7 @@ _PATH_KEYS = {
     ("data", "prepared_dir"),
     ("tokenizer", "src_model"),
     ("tokenizer", "tgt_model"),
+    ("train", "init_from"),
 }
 
 

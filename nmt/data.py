@@ -112,8 +112,13 @@ def _check_parallel(recipe: Recipe, split: str) -> int:
     return n
 
 
-def _build_tokenizers(recipe: Recipe, out: Path) -> tuple[Tokenizer, Tokenizer, dict[str, str]]:
-    """Train or copy the SentencePiece models into `out`; returns them and their file names."""
+def _build_tokenizers(
+    recipe: Recipe, out: Path
+) -> tuple[Tokenizer, Tokenizer, dict[str, str], bool]:
+    """Train or copy the SentencePiece models into `out`; returns them, their file names and
+    whether the vocabulary is joint."""
+    if recipe.train.init_from:
+        return _tokenizers_of_checkpoint(recipe, out)
     cfg = recipe.tokenizer
     src_lang, tgt_lang = recipe.data.src_lang, recipe.data.tgt_lang
     train_src, train_tgt = _paths(recipe, "train")
@@ -125,7 +130,7 @@ def _build_tokenizers(recipe: Recipe, out: Path) -> tuple[Tokenizer, Tokenizer, 
             tok = Tokenizer.from_file(out / name)
         else:
             tok = train_sentencepiece([train_src, train_tgt], out / "spm", cfg, recipe.seed)
-        return tok, tok, {"src": name, "tgt": name}
+        return tok, tok, {"src": name, "tgt": name}, True
     names = {"src": f"spm.{src_lang}.model", "tgt": f"spm.{tgt_lang}.model"}
     if cfg.src_model and cfg.tgt_model:
         for side, path in (("src", cfg.src_model), ("tgt", cfg.tgt_model)):
@@ -135,10 +140,38 @@ def _build_tokenizers(recipe: Recipe, out: Path) -> tuple[Tokenizer, Tokenizer, 
             Tokenizer.from_file(out / names["src"]),
             Tokenizer.from_file(out / names["tgt"]),
             names,
+            False,
         )
     src_tok = train_sentencepiece([train_src], out / f"spm.{src_lang}", cfg, recipe.seed)
     tgt_tok = train_sentencepiece([train_tgt], out / f"spm.{tgt_lang}", cfg, recipe.seed)
-    return src_tok, tgt_tok, names
+    return src_tok, tgt_tok, names, False
+
+
+def _tokenizers_of_checkpoint(
+    recipe: Recipe, out: Path
+) -> tuple[Tokenizer, Tokenizer, dict[str, str], bool]:
+    """The SentencePiece models of the checkpoint train.init_from fine-tunes: the model's
+    embeddings belong to them."""
+    from nmt import checkpoint
+
+    path = recipe.train.init_from
+    state = checkpoint.load(path)
+    trained = state["recipe"]["data"]
+    pair = (trained["src_lang"], trained["tgt_lang"])
+    if pair != (recipe.data.src_lang, recipe.data.tgt_lang):
+        raise NmtError(
+            f"train.init_from {path} translates {pair[0]}-{pair[1]}, but the recipe's data are "
+            f"{recipe.data.src_lang}-{recipe.data.tgt_lang}"
+        )
+    joint = bool(state["recipe"]["tokenizer"]["joint"])
+    names = {"src": f"spm.{pair[0]}.model", "tgt": f"spm.{pair[1]}.model"}
+    if joint:
+        names = {"src": "spm.model", "tgt": "spm.model"}
+    for side in ("src", "tgt"):
+        (out / names[side]).write_bytes(state["tokenizers"][side])
+    log.info(f"SentencePiece models taken from {path} (train.init_from)")
+    src_tok = Tokenizer.from_file(out / names["src"])
+    return src_tok, Tokenizer.from_file(out / names["tgt"]), names, joint
 
 
 def _binarize(
@@ -230,7 +263,7 @@ def _preprocess(recipe: Recipe, force: bool) -> dict:
         raise NmtError(f"cannot create {out.parent}: {e.strerror}") from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        src_tok, tgt_tok, names = _build_tokenizers(recipe, tmp)
+        src_tok, tgt_tok, names, joint = _build_tokenizers(recipe, tmp)
         log.info(f"vocabularies: source {len(src_tok)}, target {len(tgt_tok)}")
         stats = _binarize(recipe, "train", src_tok, tgt_tok, tmp, apply_filter=True)
         log.info(f"train: {stats.summary()}")
@@ -245,7 +278,7 @@ def _preprocess(recipe: Recipe, force: bool) -> dict:
             "tgt_lang": recipe.data.tgt_lang,
             "tokenizers": names,
             "vocab": {"src": len(src_tok), "tgt": len(tgt_tok)},
-            "joint": recipe.tokenizer.joint,
+            "joint": joint,
             "splits": {"train": stats.kept, "valid": valid.kept},
             "filter": vars(stats),
             "settings": {
@@ -356,6 +389,16 @@ class Batch:
     tgt_out: torch.Tensor  # (B, T): tokens + EOS
     target_positions: torch.Tensor  # flat indices of the non-padding entries of tgt_out
     n_tgt_tokens: int  # their number, known without touching the device
+
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked memory, so a copy to the GPU can overlap compute."""
+        return Batch(
+            self.src.pin_memory(),
+            self.tgt_in.pin_memory(),
+            self.tgt_out.pin_memory(),
+            self.target_positions.pin_memory(),
+            self.n_tgt_tokens,
+        )
 
     def to(self, device: torch.device) -> Batch:
         nb = device.type == "cuda"

@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from queue import Empty, Queue
 
 import torch
 from rich.console import Console
@@ -54,6 +55,9 @@ class TrainState:
     oom_skipped: int = 0  # updates skipped for running out of GPU memory
     seconds: float = 0.0  # wall time of the run so far, summed over resumes (for max_time)
     schedule_end: int | None = None  # where the decay ends when fitted to max_time
+    # The train.max_time (s) that stopped the run: it stops a little before the budget, keeping
+    # time for its last validation and averaging, so `seconds` alone may not reach it.
+    budget_spent: float | None = None
 
 
 @dataclass
@@ -114,10 +118,10 @@ class Trainer:
         self.model, self.cfg, self.device = model, cfg, device
         self.precision, self.world = precision, world or World()
         self.loss_module: torch.nn.Module = _LossModule(model, cfg.label_smoothing)
-        if world.active:
+        if self.world.active:
             self.loss_module = torch.nn.parallel.DistributedDataParallel(
                 self.loss_module,
-                device_ids=[world.local_rank] if device.type == "cuda" else None,
+                device_ids=[self.world.local_rank] if device.type == "cuda" else None,
             )
         if cfg.compile:
             # Batch shapes vary with sentence lengths: compile for dynamic shapes once rather
@@ -129,6 +133,8 @@ class Trainer:
             betas=cfg.betas,
             eps=cfg.eps,
             weight_decay=cfg.weight_decay,
+            # One kernel for the whole update on a GPU instead of several per parameter.
+            fused=device.type == "cuda",
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
@@ -292,7 +298,10 @@ class Run:
             _check_resumable(saved, recipe, last)
         prepared = open_prepared(recipe)
         precision = resolve_precision(recipe.train.precision, device)
-        model = initial_model(recipe, prepared).to(device)
+        model = initial_model(recipe, prepared)
+        if saved is None and recipe.train.init_from:
+            _load_pretrained(model, recipe, prepared)
+        model.to(device)
         trainer = Trainer(model, recipe.train, device, precision, world)
         decode = recipe.decode
         if recipe.train.valid_search == "greedy":
@@ -343,9 +352,15 @@ class Run:
         k = self.recipe.train.accum_steps
         n = self.world.size
         per_update = k * n
-        for i in range(skip * per_update, len(batches) - per_update + 1, per_update):
-            mine = batches[i + self.world.rank * k : i + (self.world.rank + 1) * k]
-            yield [collate(self.train_data, b) for b in mine]
+        pin = self.trainer.device.type == "cuda"
+
+        def groups() -> Iterator[list[Batch]]:
+            for i in range(skip * per_update, len(batches) - per_update + 1, per_update):
+                mine = batches[i + self.world.rank * k : i + (self.world.rank + 1) * k]
+                group = [collate(self.train_data, b) for b in mine]
+                yield [b.pin_memory() for b in group] if pin else group
+
+        return _prefetched(groups(), depth=2)
 
     def save(self, name: str) -> None:
         checkpoint.save(
@@ -368,6 +383,35 @@ class Run:
         )
 
 
+# Model settings that shape no weight: fine-tuning may change them.
+_REGULARISATION = ("dropout", "attention_dropout", "activation_dropout")
+
+
+def _load_pretrained(model: torch.nn.Module, recipe: Recipe, prepared: Prepared) -> None:
+    """Fine-tuning: the weights of train.init_from, which must be the same architecture on the
+    same vocabulary (its SentencePiece models are what `nmt preprocess` used)."""
+    path = recipe.train.init_from
+    state = checkpoint.load(path)
+    theirs = config.from_dict(state["recipe"]).model
+    mine = recipe.model
+    for field in dataclasses.fields(mine):
+        name = field.name
+        if name not in _REGULARISATION and getattr(theirs, name) != getattr(mine, name):
+            raise NmtError(
+                f"train.init_from {path} has model.{name} = {getattr(theirs, name)!r}, the "
+                f"recipe {getattr(mine, name)!r}; fine-tuning keeps the architecture: copy "
+                "its model section (dropout may differ)"
+            )
+    if state["tokenizers"] != {"src": prepared.src_tok.proto, "tgt": prepared.tgt_tok.proto}:
+        raise NmtError(
+            f"train.init_from {path} has other SentencePiece models than {prepared.path}; "
+            "rerun `nmt preprocess --force` with train.init_from set, so it takes the "
+            "checkpoint's"
+        )
+    model.load_state_dict(state["model"])
+    log.info(f"fine-tuning from {path} (step {state['step']}): fresh optimizer and schedule")
+
+
 # -- the loop ---------------------------------------------------------------------------------
 
 
@@ -379,7 +423,10 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
         config.dump(run.recipe, run.run_dir / "recipe.yaml")
         if not run.resumed:
             _remove_old_results(run.run_dir)
-    events = JsonlLog(run.run_dir / "log.jsonl" if main else None)
+    events = JsonlLog(
+        run.run_dir / "log.jsonl" if main else None,
+        run.run_dir / "tensorboard" if main and cfg.tensorboard else None,
+    )
     if world.active:
         log.info(f"rank {world.rank} of {world.size}, device {run.trainer.device}")
     n_params = count_parameters(run.model)
@@ -432,6 +479,8 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
                 time_up = budget is not None and (time.perf_counter() - started + reserve >= budget)
                 lr = schedule.learning_rate(state.step + 1, cfg, state.schedule_end)
                 update = run.trainer.update(group, lr, bool(interrupted), time_up)
+                if update.time_up and not interrupted:
+                    state.budget_spent = budget  # saved with the checkpoints from here on
                 if update.interrupted and not interrupted:
                     interrupted.append("SIGTERM")  # another rank was stopped by a signal
                 state.step += 1
@@ -645,21 +694,83 @@ def _fit_schedule_end(
     return end
 
 
-class JsonlLog:
-    """Appends one JSON object per line; flushed so a crash loses nothing already logged."""
+def _prefetched(items: Iterator, depth: int) -> Iterator:
+    """`items`, produced `depth` ahead on a background thread: the next batches are collated
+    (and pinned) while the device computes the current update. Order and content are those
+    of `items`; an exception in the producer is raised in the consumer."""
+    queue: Queue = Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
 
-    def __init__(self, path: Path | None) -> None:
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                queue.put(item)
+        except BaseException as e:  # handed to the consumer, which raises it
+            queue.put(_Failure(e))
+        queue.put(done)
+
+    thread = threading.Thread(target=produce, name="nmt-batches", daemon=True)
+    thread.start()
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            with contextlib.suppress(Empty):
+                queue.get_nowait()
+            thread.join(timeout=0.01)
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+# The numbers of log.jsonl that TensorBoard shows, by record kind.
+_SCALARS = {
+    "train": ("loss", "lr", "tgt_tokens_per_s"),
+    "valid": ("valid_loss", "valid_ppl", "valid_bleu"),
+    "averaged": ("valid_loss", "valid_ppl", "valid_bleu"),
+}
+
+
+class JsonlLog:
+    """Appends one JSON object per line; flushed so a crash loses nothing already logged.
+    With a TensorBoard folder, the same numbers also go there (tag `kind/name`, at `step`)."""
+
+    def __init__(self, path: Path | None, tensorboard: Path | None = None) -> None:
         # No path (ranks other than 0): records are dropped.
         self.file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
+        self.board = None
+        if tensorboard is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise NmtError(
+                    "train.tensorboard needs TensorBoard; install it with: "
+                    "pip install 'nmt[tensorboard]'"
+                ) from None
+            self.board = SummaryWriter(str(tensorboard))
 
     def write(self, **record: object) -> None:
         if self.file:
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
+        if self.board is not None and record.get("kind") in _SCALARS:
+            for name in _SCALARS[record["kind"]]:
+                self.board.add_scalar(f"{record['kind']}/{name}", record[name], record["step"])
 
     def close(self) -> None:
         if self.file:
             self.file.close()
+        if self.board is not None:
+            self.board.close()
 
 
 def _progress(show: bool) -> Progress:
@@ -679,7 +790,9 @@ _FIXED_SECTIONS = ("data", "tokenizer", "filter", "model", "seed")
 
 
 def _check_resumable(state: dict, recipe: Recipe, path: Path) -> None:
-    saved = state["recipe"]
+    # Through this nmt's recipe type: keys added since the checkpoint was written take their
+    # defaults rather than count as changed.
+    saved = config.to_dict(config.from_dict(state["recipe"]))
     current = config.to_dict(recipe)
     for section in _FIXED_SECTIONS:
         if saved.get(section) != current[section]:
@@ -712,7 +825,8 @@ def _check_resumable(state: dict, recipe: Recipe, path: Path) -> None:
             "(train.patience); raise train.patience to continue, or use --force"
         )
     budget = recipe.train.max_seconds
-    if budget is not None and progress["seconds"] >= budget:
+    spent = progress.get("budget_spent")  # absent from checkpoints of older versions
+    if budget is not None and (progress["seconds"] >= budget or (spent and budget <= spent)):
         raise NmtError(
             f"{path.parent} has used its train.max_time ({recipe.train.max_time}); raise "
             "train.max_time to continue, or use --force to train from scratch"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ from nmt.config import DecodeConfig
 from nmt.data import batches_by_size, pad_sequences
 from nmt.device import Precision, autocast, resolve_device, resolve_precision
 from nmt.errors import NmtError
-from nmt.model import EncoderDecoder, Ensemble
+from nmt.model import EncoderDecoder, Ensemble, count_parameters
 from nmt.quantize import QUANTIZE_CHOICES, quantize_int8
-from nmt.search import Hypothesis, search
+from nmt.search import Guide, Hypothesis, search
 from nmt.tokenizer import BOS, EOS, Tokenizer
 
 log = logging.getLogger("nmt")
@@ -56,6 +57,15 @@ class Translation:
         return record
 
 
+@dataclass(frozen=True)
+class ReferenceScore:
+    """A reference's log-probability under the model (forced decoding), EOS included."""
+
+    score: float  # the sum over its tokens
+    per_token: float  # the mean
+    tokens: int  # target tokens scored, EOS included
+
+
 def jsonl_record(
     index: int, source: str, translations: list[Translation], source_pieces: list[str] | None
 ) -> dict:
@@ -80,12 +90,15 @@ class Translator:
         decode: DecodeConfig,
         device: torch.device,
         precision: Precision = "fp32",
+        info: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.src_tok, self.tgt_tok = src_tok, tgt_tok
         self.decode = decode
         self.device = device
         self.precision = precision
+        # Where the model came from: checkpoint path, step, recipe (for /models and logs).
+        self.info = info or {}
         self.truncated = 0  # input lines cut to the model's longest source
         # Sampling draws from its own seeded generator: the same seed, the same samples.
         self.generator = torch.Generator(device=device).manual_seed(decode.sampling_seed)
@@ -105,7 +118,14 @@ class Translator:
         decoding settings of its recipe.yaml (where `nmt tune` writes them); a checkpoint file
         gives its own recipe's. The first model's settings apply to an ensemble; keyword
         arguments (None: keep) override them. `quantize="int8"` quantizes the linear layers
-        (CPU only)."""
+        (CPU only). A folder written by `nmt export` is decoded by CTranslate2 (nmt.ct2)."""
+        from nmt.export import is_export
+
+        first = path if isinstance(path, (str, Path)) else next(iter(path), None)
+        if first is not None and is_export(first):
+            from nmt.ct2 import CTranslate2Translator
+
+            return CTranslate2Translator.load(path, device, precision, quantize, **decode_overrides)
         if quantize not in QUANTIZE_CHOICES:
             raise NmtError(
                 f"unknown quantization '{quantize}'; choose from {', '.join(QUANTIZE_CHOICES)}"
@@ -138,12 +158,20 @@ class Translator:
         decode = dataclasses.replace(decode, **overrides)
         decode.validate()
         model.to(dev).eval()
+        parameters = count_parameters(model)
         resolved = resolve_precision(precision, dev)
         if quantize == "int8":
             if resolved != "fp32":
                 raise NmtError(f"--quantize int8 needs fp32 activations, not {resolved}")
             quantize_int8(model)
-        return cls(model, src_tok, tgt_tok, decode, dev, resolved)
+        info = {
+            "checkpoint": str(first),
+            "step": state.get("step"),
+            "recipe": recipe,
+            # Counted before int8 quantization, which would hide the quantized weights.
+            "parameters": parameters,
+        }
+        return cls(model, src_tok, tgt_tok, decode, dev, resolved, info)
 
     def _encode(self, lines: list[str]) -> list[list[int]]:
         limit = self.model.max_source_length
@@ -155,10 +183,18 @@ class Translator:
                 ids[i] = seq[:limit]
         return ids
 
-    def _decode_batch(self, batch: list[list[int]], nbest: int) -> list[list[Hypothesis]]:
+    def _decode_batch(
+        self,
+        batch: list[list[int]],
+        nbest: int,
+        decode: DecodeConfig,
+        guide: Guide | None = None,
+    ) -> list[list[Hypothesis]]:
         src = pad_sequences([torch.tensor(s) for s in batch], None, EOS).to(self.device)
         with autocast(self.device, self.precision):
-            return search(self.model, src, self.decode, nbest=nbest, generator=self.generator)
+            return search(
+                self.model, src, decode, nbest=nbest, generator=self.generator, guide=guide
+            )
 
     @torch.inference_mode()
     def cross_attention(self, src: list[int], hyps: list[list[int]]) -> list[torch.Tensor]:
@@ -173,20 +209,40 @@ class Translator:
         return [weights[i, : len(h) + 1].cpu() for i, h in enumerate(hyps)]
 
     def translate_nbest(
-        self, lines: list[str], nbest: int = 1, alignment: bool = False, attention: bool = False
+        self,
+        lines: list[str],
+        nbest: int = 1,
+        alignment: bool = False,
+        attention: bool = False,
+        *,
+        prefixes: Sequence[str] | None = None,
+        constraints: Sequence[Sequence[str]] | None = None,
+        decode: DecodeConfig | None = None,
     ) -> list[list[Translation]]:
         """Each input line's `nbest` best translations (one for greedy), best first; an empty
         line gets one empty translation without touching the model. With `alignment` (or
-        `attention`), each translation carries its cross-attention alignment (or weights)."""
+        `attention`), each translation carries its cross-attention alignment (or weights).
+
+        `prefixes` (one per line, "" for none) are target texts each translation continues;
+        `constraints` (a list of target phrases per line) must all appear in it (beam search
+        only). `decode` replaces the translator's decoding settings for this call."""
+        decode = decode or self.decode
         outputs: list[list[Translation]] = [[Translation("", 0.0, 0.0)] for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         ids = self._encode([lines[i] for i in todo])
+        guide = self._guide(lines, todo, prefixes, constraints, decode)
         # Longest first: the costliest batch runs (and fails, if memory is short) early.
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]), reverse=True)
         sizes = [len(ids[j]) + 1 for j in order]  # with EOS
-        d = self.decode
-        for batch in batches_by_size(order, sizes, d.batch_tokens, d.batch_size):
-            hyp_lists = self._decode_batch([ids[b] for b in batch], nbest)
+        for batch in batches_by_size(order, sizes, decode.batch_tokens, decode.batch_size):
+            part = None
+            if guide is not None:
+                part = Guide(
+                    [guide.prefixes[b] for b in batch], [guide.constraints[b] for b in batch]
+                )
+                if not any(part.prefixes) and not any(part.constraints):
+                    part = None
+            hyp_lists = self._decode_batch([ids[b] for b in batch], nbest, decode, part)
             for b, hyps in zip(batch, hyp_lists):
                 texts = self.tgt_tok.decode([h.tokens for h in hyps])
                 weights: list = [None] * len(hyps)
@@ -207,22 +263,206 @@ class Translator:
                 ]
         return outputs
 
+    def _guide(
+        self,
+        lines: list[str],
+        todo: list[int],
+        prefixes: Sequence[str] | None,
+        constraints: Sequence[Sequence[str]] | None,
+        decode: DecodeConfig,
+    ) -> Guide | None:
+        """The target prefixes and constraint phrases of the non-empty lines, as token ids;
+        one clear line for what cannot be decoded."""
+        if not prefixes and not constraints:
+            return None
+        for name, given in (("prefixes", prefixes), ("constraints", constraints)):
+            if given is not None and len(given) != len(lines):
+                raise NmtError(f"{len(given)} {name} for {len(lines)} input lines; give one each")
+        prefix_ids = [[] for _ in todo]
+        if prefixes is not None:
+            texts = [prefixes[i] for i in todo]
+            encoded = self.tgt_tok.encode([t for t in texts if t.strip()])
+            it = iter(encoded)
+            prefix_ids = [next(it) if t.strip() else [] for t in texts]
+        phrase_ids: list[list[list[int]]] = [[] for _ in todo]
+        if constraints is not None:
+            if any(constraints[i] for i in todo) and decode.method != "beam":
+                raise NmtError("constraints need beam search; drop --greedy / --sample")
+            for j, i in enumerate(todo):
+                for phrase in constraints[i]:
+                    if not isinstance(phrase, str) or not phrase.strip():
+                        raise NmtError(f"line {i + 1}: an empty constraint phrase")
+                phrase_ids[j] = self.tgt_tok.encode(list(constraints[i]))
+        limit = self.model.max_output_length
+        for j, i in enumerate(todo):
+            needed = len(prefix_ids[j]) + sum(map(len, phrase_ids[j]))
+            if needed > limit:
+                raise NmtError(
+                    f"line {i + 1}: its prefix and constraints need {needed} target tokens, "
+                    f"more than the model's {limit}"
+                )
+        return Guide(prefix_ids, phrase_ids)
+
+    @torch.inference_mode()
+    def score_references(self, lines: list[str], references: list[str]) -> list[ReferenceScore]:
+        """Forced decoding: the model's log-probability of each reference (its tokens and
+        EOS) given its source line, as the search would score that output."""
+        if len(references) != len(lines):
+            raise NmtError(f"{len(references)} references for {len(lines)} input lines")
+        return self.score_ids(self._encode(lines), self.tgt_tok.encode(references))
+
+    @torch.inference_mode()
+    def score_ids(self, ids: list[list[int]], refs: list[list[int]]) -> list[ReferenceScore]:
+        """`score_references` on token ids (sources without EOS, targets without BOS/EOS), for
+        outputs that are not SentencePiece's own segmentation of their text."""
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
+        sizes = [max(len(ids[i]), len(refs[i])) + 1 for i in order]
+        results: list[ReferenceScore | None] = [None] * len(ids)
+        d = self.decode
+        for batch in batches_by_size(order, sizes, d.batch_tokens, d.batch_size):
+            src = pad_sequences([torch.tensor(ids[i]) for i in batch], None, EOS)
+            targets = [refs[i] + [EOS] for i in batch]
+            tgt = pad_sequences([torch.tensor(t) for t in targets], BOS, None)
+            with autocast(self.device, self.precision):
+                state = self.model.start(src.to(self.device))
+                steps = [
+                    self.model.step(state, tgt[:, t : t + 1].to(self.device)).float().cpu()
+                    for t in range(tgt.shape[1] - 1)
+                ]
+            log_probs = torch.stack(steps, dim=1)  # (B, T, V): the next token after each
+            for row, i in enumerate(batch):
+                target = torch.tensor(targets[row])
+                token_lp = log_probs[row, : len(target)].gather(1, target[:, None])[:, 0]
+                total = float(token_lp.double().sum())
+                results[i] = ReferenceScore(total, total / len(target), len(target))
+        return results  # type: ignore[return-value]
+
     def translate(self, lines: list[str]) -> list[str]:
         """Translate a list of sentences; returns one output line per input line, in order."""
         return [best[0].text for best in self.translate_nbest(lines)]
 
     def stream_nbest(
         self,
-        lines: Iterable[str],
+        lines: Iterable[str | Request],
         nbest: int = 1,
         buffer_lines: int = 1000,
         alignment: bool = False,
         attention: bool = False,
     ) -> Iterator[tuple[str, list[Translation]]]:
-        """(source, n-best translations) per input line, buffer by buffer, in input order."""
+        """(source, n-best translations) per input line, buffer by buffer, in input order.
+        An item may be a `Request`, to give its line a target prefix or constraints."""
         it = iter(lines)
-        while buffer := [line.rstrip("\r\n") for line in itertools.islice(it, buffer_lines)]:
-            yield from zip(buffer, self.translate_nbest(buffer, nbest, alignment, attention))
+        while buffer := list(itertools.islice(it, buffer_lines)):
+            requests = [b if isinstance(b, Request) else Request(b) for b in buffer]
+            sources = [r.source.rstrip("\r\n") for r in requests]
+            guided = any(r.prefix or r.constraints for r in requests)
+            translations = self.translate_nbest(
+                sources,
+                nbest,
+                alignment,
+                attention,
+                prefixes=[r.prefix for r in requests] if guided else None,
+                constraints=[list(r.constraints) for r in requests] if guided else None,
+            )
+            yield from zip(sources, translations)
+
+
+def reference_scores(
+    translator: Translator,
+    lines: Iterable[str],
+    references: Iterable[str],
+    buffer_lines: int = 1000,
+) -> Iterator[tuple[str, str, ReferenceScore]]:
+    """(source, reference, its score) per line pair, buffer by buffer, in input order."""
+    pairs = _in_step({"input": lines, "--score-reference": references})
+    while buffer := list(itertools.islice(pairs, buffer_lines)):
+        sources = [row["input"] for row in buffer]
+        refs = [row["--score-reference"] for row in buffer]
+        yield from zip(sources, refs, translator.score_references(sources, refs))
+
+
+@dataclass(frozen=True)
+class Request:
+    """One line to translate, with an optional target prefix to continue and target phrases
+    that must appear in its translation."""
+
+    source: str
+    prefix: str = ""
+    constraints: tuple[str, ...] = ()
+
+
+def requests(
+    lines: Iterable[str],
+    prefixes: Iterable[str] | None = None,
+    constraints: Iterable[str] | None = None,
+    jsonl: bool = False,
+) -> Iterator[Request]:
+    """Requests from input lines: plain text, with `prefixes` (one target prefix per line, an
+    empty line for none) and `constraints` (one JSON list of target phrases per line) in step;
+    or, with `jsonl`, one JSON object per line: {"source": ..., "prefix": ..., "constraints":
+    [...]}. Mismatched line counts and malformed lines end in one clear error."""
+    sides: dict[str, Iterable[str]] = {"input": lines}
+    if prefixes is not None:
+        sides["--prefix"] = prefixes
+    if constraints is not None:
+        sides["--constraints"] = constraints
+    for number, row in enumerate(_in_step(sides), start=1):
+        if jsonl:
+            yield _jsonl_request(row["input"], number)
+            continue
+        phrases: tuple[str, ...] = ()
+        if "--constraints" in row:
+            phrases = _phrases(row["--constraints"], number, "--constraints")
+        yield Request(row["input"], row.get("--prefix", ""), phrases)
+
+
+def _in_step(sides: dict[str, Iterable[str]]) -> Iterator[dict[str, str]]:
+    """One line of each named stream at a time; streams of different lengths are an error
+    naming them."""
+    iterators = {name: iter(lines) for name, lines in sides.items()}
+    for number in itertools.count(1):
+        row = {name: next(it, None) for name, it in iterators.items()}
+        if all(v is None for v in row.values()):
+            return
+        missing = [name for name, v in row.items() if v is None]
+        if missing:
+            longer = [name for name, v in row.items() if v is not None]
+            raise NmtError(
+                f"{', '.join(missing)} ended at line {number - 1}, but {', '.join(longer)} "
+                "goes on: give one line for each input line"
+            )
+        yield row  # type: ignore[misc]
+
+
+def _phrases(text: str, number: int, where: str) -> tuple[str, ...]:
+    if not text.strip():
+        return ()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise NmtError(f'{where}, line {number}: expected a JSON list of phrases, e.g. ["rot"]')
+    if any(not p.strip() for p in value):
+        raise NmtError(f"{where}, line {number}: an empty constraint phrase")
+    return tuple(value)
+
+
+def _jsonl_request(text: str, number: int) -> Request:
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError:
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("source"), str):
+        raise NmtError(f'input line {number}: expected a JSON object with a "source" string')
+    unknown = set(record) - {"source", "prefix", "constraints"}
+    if unknown:
+        raise NmtError(f"input line {number}: unknown field(s) {', '.join(sorted(unknown))}")
+    prefix = record.get("prefix") or ""
+    if not isinstance(prefix, str):
+        raise NmtError(f'input line {number}: "prefix" must be a string')
+    phrases = _phrases(json.dumps(record.get("constraints") or []), number, "input")
+    return Request(record["source"], prefix, phrases)
 
 
 def _selection_note(run_dir: Path) -> str:

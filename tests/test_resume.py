@@ -143,3 +143,18 @@ def test_resume_refuses_a_changed_model_and_a_finished_run(tmp_path, small_corpu
     assert result.steps == 4
     kinds = [json.loads(line)["kind"] for line in (tmp_path / "run" / "log.jsonl").open()]
     assert kinds.count("start") == 1 and "resume" not in kinds
+
+
+def test_resume_of_a_checkpoint_written_before_a_key_existed(tmp_path, small_corpus, prepared):
+    """A recipe key added to nmt after a checkpoint was written takes its default there, so
+    the run resumes instead of counting the new key as a change."""
+    import torch
+
+    recipe = make_recipe(tmp_path, small_corpus, prepared, max_steps=4)
+    train.train(config.load(recipe), progress=False)
+    last = tmp_path / "run" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["recipe"]["model"]["luong_scaled"]  # as if written before the key existed
+    torch.save(state, last)
+    resumed = train.train(config.load(recipe, ["train.max_steps=6"]), progress=False)
+    assert resumed.steps == 6

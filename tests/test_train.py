@@ -180,3 +180,25 @@ def test_training_goes_on_after_an_out_of_memory_batch(
     assert result.steps == 6
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
     assert [r["skipped_oom"] for r in records if r["kind"] == "train"] == [0, 1, 1]
+
+
+def test_tensorboard_gets_the_logged_scalars(tmp_path, small_corpus, trainer_recipe):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    recipe = config.from_dict(
+        tiny_recipe(
+            small_corpus,
+            tmp_path / "run",
+            data={"prepared_dir": str(trainer_recipe.prepared_dir)},
+            train={"max_steps": 6, "valid_every": 3, "log_every": 2, "tensorboard": True},
+        )
+    )
+    train.train(recipe, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    for kind, name in (("train", "loss"), ("train", "lr"), ("valid", "valid_bleu")):
+        logged = [(r["step"], r[name]) for r in records if r["kind"] == kind]
+        board = [(e.step, e.value) for e in events.Scalars(f"{kind}/{name}")]
+        assert [s for s, _ in board] == [s for s, _ in logged]
+        assert [v for _, v in board] == pytest.approx([v for _, v in logged], rel=1e-6)

@@ -25,9 +25,9 @@ def batches_of(translator: Translator, lines: list[str]) -> tuple[list[str], lis
     sizes: list[int] = []
     decode_batch = translator._decode_batch
 
-    def recording(batch, nbest):
+    def recording(batch, *args):
         sizes.append(len(batch))
-        return decode_batch(batch, nbest)
+        return decode_batch(batch, *args)
 
     translator._decode_batch = recording
     return translator.translate(lines), sizes

@@ -1,0 +1,139 @@
+"""`nmt translate --prefix / --constraints / --input-format jsonl / --score-reference`: control
+over translations from the command line, and the bad input a user will hit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_cli import assert_user_error, nmt
+
+from nmt.translate import Request, Translator
+
+LINES = ["The dog saw the cat.", "A girl ran near the red house.", "", "The boy laughed."]
+
+
+@pytest.fixture
+def files(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("".join(line + "\n" for line in LINES), encoding="utf-8")
+    return tmp_path, src
+
+
+def test_prefix_file_is_continued(trained_run, files):
+    folder, src = files
+    prefixes = folder / "prefix.txt"
+    prefixes.write_text("Lor brakko\n\nAin\nLia herscha\n", encoding="utf-8")
+    result = nmt("translate", trained_run, "-i", src, "--prefix", prefixes)
+    assert result.exit_code == 0, result.output
+    out = result.stdout.split("\n")[:-1]
+    assert len(out) == 4 and out[2] == ""
+    assert out[0].startswith("Lor brakko") and out[3].startswith("Lia herscha")
+    # Greedy search continues prefixes too.
+    greedy = nmt("translate", trained_run, "-i", src, "--prefix", prefixes, "--greedy")
+    assert greedy.stdout.split("\n")[0].startswith("Lor brakko")
+
+
+def test_constraints_appear_in_every_translation(trained_run, files):
+    folder, src = files
+    phrases = [["rotto"], ["lia türa", "weilo"], [], ["könik"]]
+    constraints = folder / "constraints.jsonl"
+    constraints.write_text("".join(json.dumps(p) + "\n" for p in phrases), encoding="utf-8")
+    result = nmt("translate", trained_run, "-i", src, "--constraints", constraints, "--nbest", "3")
+    assert result.exit_code == 0, result.output
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    by_line: dict[int, list[str]] = {}
+    for index, _, text in rows:
+        by_line.setdefault(int(index), []).append(text)
+    for index, wanted in enumerate(phrases):
+        for text in by_line[index]:
+            assert all(p in text for p in wanted), (text, wanted)
+    # The same through JSONL input.
+    jsonl = folder / "in.jsonl"
+    jsonl.write_text(
+        "".join(
+            json.dumps({"source": s, "constraints": p}, ensure_ascii=False) + "\n"
+            for s, p in zip(LINES, phrases)
+        ),
+        encoding="utf-8",
+    )
+    again = nmt("translate", trained_run, "-i", jsonl, "--input-format", "jsonl", "--nbest", "3")
+    assert again.exit_code == 0 and again.stdout == result.stdout
+
+
+def test_reference_scores_equal_the_beam_s_own_scores(trained_run, files):
+    """Forced decoding of the beam's own outputs (their token ids: a weak model's outputs are
+    not always SentencePiece's segmentation of their text) gives the scores the beam reported,
+    its n-best lists included."""
+    translator = Translator.load(trained_run)
+    sources = [line for line in LINES if line]
+    nbest = translator.translate_nbest(sources, nbest=3, alignment=True)
+    src_ids, hyp_ids, expected = [], [], []
+    for source, translations in zip(sources, nbest):
+        for t in translations:
+            src_ids.append(translator.src_tok.encode([source])[0])
+            hyp_ids.append([translator.tgt_tok.sp.piece_to_id(p) for p in t.pieces[:-1]])
+            expected.append(t.score)
+    scores = translator.score_ids(src_ids, hyp_ids)
+    for s, want, hyp in zip(scores, expected, hyp_ids):
+        assert s.tokens == len(hyp) + 1
+        assert s.score == pytest.approx(want, abs=1e-4)
+        assert s.per_token == pytest.approx(want / s.tokens, abs=1e-5)
+    # The CLI prints sum and mean per line, one line per input line.
+    folder, src = files
+    refs = folder / "refs.txt"
+    refs.write_text("".join(r + "\n" for r in ["Lor brakko.", "Ain", "", "Lor"]))
+    result = nmt("translate", trained_run, "-i", src, "--score-reference", refs)
+    assert result.exit_code == 0, result.output
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    assert len(lines) == 4 and all(float(total) <= 0 for total, _ in lines)
+
+
+def test_library_requests_match_the_cli(trained_run):
+    translator = Translator.load(trained_run)
+    got = [t[0].text for _, t in translator.stream_nbest([Request(LINES[0], prefix="Lor")])]
+    assert got[0].startswith("Lor")
+
+
+def test_bad_control_input_is_one_clear_line(trained_run, files):
+    folder, src = files
+    short = folder / "short.txt"
+    short.write_text("Lor\n")
+    assert_user_error(
+        nmt("translate", trained_run, "-i", src, "--prefix", short), "--prefix ended at line 1"
+    )
+    bad_json = folder / "bad.jsonl"
+    bad_json.write_text('["ok"]\nnot json\n[]\n[]\n')
+    assert_user_error(
+        nmt("translate", trained_run, "-i", src, "--constraints", bad_json),
+        "--constraints, line 2: expected a JSON list of phrases",
+    )
+    empty_phrase = folder / "empty.jsonl"
+    empty_phrase.write_text('[""]\n[]\n[]\n[]\n')
+    assert_user_error(
+        nmt("translate", trained_run, "-i", src, "--constraints", empty_phrase),
+        "line 1: an empty constraint phrase",
+    )
+    fine = folder / "fine.jsonl"
+    fine.write_text('["Lor"]\n[]\n[]\n[]\n')
+    assert_user_error(
+        nmt("translate", trained_run, "-i", src, "--constraints", fine, "--greedy"),
+        "constraints need beam search",
+    )
+    long = folder / "long.jsonl"
+    long.write_text(json.dumps([" ".join(["brakko"] * 1100)]) + "\n[]\n[]\n[]\n")
+    assert_user_error(
+        nmt("translate", trained_run, "-i", src, "--constraints", long),
+        "line 1: its prefix and constraints need",
+        "more than the model's 1023",
+    )
+    jsonl = folder / "in.jsonl"
+    jsonl.write_text('{"source": "a", "colour": "red"}\n')
+    assert_user_error(
+        nmt("translate", trained_run, "-i", jsonl, "--input-format", "jsonl"),
+        "input line 1: unknown field(s) colour",
+    )
+    assert_user_error(
+        nmt("translate", trained_run, "-i", src, "--prefix", folder / "missing.txt"),
+        "--prefix file not found",
+    )
