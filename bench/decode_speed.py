@@ -10,7 +10,16 @@ input, so their figures compare side by side.
         --setting beam5_int8=beam_size=5,quantize=int8 --setting beam5_b1=beam_size=5,batch_size=1
 
 A setting is NAME=key=value[,key=value]: any decode key (beam_size, method, batch_size,
-batch_tokens, length_penalty, ...) or quantize=int8, precision=bf16, device=cuda.
+batch_tokens, length_penalty, ...) or quantize=int8, precision=bf16, device=cuda, or
+export=DIR: translate with DIR, the model written by `nmt export --to ctranslate2`, which
+CTranslate2 decodes (there quantize=int8 and precision choose its compute type). CTranslate2
+runs on as many threads as torch (--threads). Side by side on one model:
+
+    nmt export runs/multi30k_en_de --to ctranslate2 /tmp/m30k_ct2
+    python bench/decode_speed.py runs/multi30k_en_de -i data/multi30k/test_2016_flickr.en \\
+        --setting beam5=beam_size=5,batch_size=64 \\
+        --setting ct2_beam5=beam_size=5,batch_size=64,export=/tmp/m30k_ct2 ...
+
 `--profile` prints, for the first setting, where one pass spends its time (torch.profiler).
 """
 
@@ -28,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-STRING_KEYS = ("method", "quantize", "precision", "device")
+STRING_KEYS = ("method", "quantize", "precision", "device", "export")
 
 
 def _parse_setting(spec: str) -> tuple[str, dict]:
@@ -40,13 +49,20 @@ def _parse_setting(spec: str) -> tuple[str, dict]:
     return name, values
 
 
+def _load(args: argparse.Namespace, values: dict):
+    """The translator a setting names: the checkpoint's, or with export=DIR, CTranslate2's."""
+    from nmt.translate import Translator
+
+    options = {key: value for key, value in values.items() if key != "export"}
+    return Translator.load(values.get("export", args.checkpoint), **options)
+
+
 def _measure(args: argparse.Namespace, name: str, values: dict) -> dict:
     from nmt.files import read_lines
-    from nmt.translate import Translator
 
     lines = list(read_lines(Path(args.input)))
     values = {"device": "cpu", **values}
-    translator = Translator.load(args.checkpoint, **values)
+    translator = _load(args, values)
     seconds = []
     for _ in range(args.repeats):
         start = time.perf_counter()
@@ -71,10 +87,9 @@ def _profile(args: argparse.Namespace, name: str, values: dict) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from nmt.files import read_lines
-    from nmt.translate import Translator
 
     lines = list(read_lines(Path(args.input)))
-    translator = Translator.load(args.checkpoint, **{"device": "cpu", **values})
+    translator = _load(args, {"device": "cpu", **values})
     translator.translate(lines[:50])  # warm-up
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:

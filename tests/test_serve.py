@@ -1,0 +1,384 @@
+"""`nmt serve`: the real server in a child process, spoken to over HTTP on a loopback port, and
+the batcher on its own (no server) with a recording stand-in for the model."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+httpx = pytest.importorskip("httpx")
+
+from conftest import default_sigint  # noqa: E402
+from test_cli import assert_user_error, nmt  # noqa: E402
+
+from nmt.serve import Batcher, Batching, Options  # noqa: E402
+from nmt.translate import Translation, Translator  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 60  # seconds, for every HTTP call and wait
+# The test server's limits: small, so that requests over them stay small.
+LIMITS = ["--max-lines", "64", "--max-line-chars", "300", "--max-body-bytes", "10000"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run: Path, log: Path, *options: str) -> tuple[subprocess.Popen, str]:
+    """`nmt serve RUN` on a free loopback port; returns once /health answers."""
+    port = free_port()
+    # One torch thread, here and for the reference translations: the same arithmetic, and no
+    # threads spinning against each other on a busy machine.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "nmt", "serve", str(run), "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*command, "--device", "cpu", *options],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=ROOT,
+            preexec_fn=default_sigint,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=TIMEOUT)
+    raise AssertionError(f"the server did not start:\n{log.read_text()}")
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=TIMEOUT)
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, tmp_path_factory):
+    proc, url = start_server(
+        trained_run, tmp_path_factory.mktemp("serve") / "server.log", *LIMITS, "--max-wait-ms", "20"
+    )
+    yield url
+    stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def sources(small_corpus) -> list[str]:
+    return (small_corpus / "test.en").read_text(encoding="utf-8").splitlines()
+
+
+@pytest.fixture(scope="module")
+def offline(trained_run):
+    """The library's translations, for comparison: `offline(lines, **decode_overrides)`."""
+    import torch
+
+    def translate(lines: list[str], nbest: int = 1, alignment: bool = False, **overrides):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            translator = Translator.load(trained_run, device="cpu", **overrides)
+            return translator.translate_nbest(lines, nbest, alignment)
+        finally:
+            torch.set_num_threads(threads)
+
+    return translate
+
+
+def post(url: str, body: dict | bytes, client: httpx.Client | None = None) -> httpx.Response:
+    send = client.post if client is not None else httpx.post
+    if isinstance(body, bytes):
+        headers = {"content-type": "application/json"}
+        return send(f"{url}/translate", content=body, headers=headers, timeout=TIMEOUT)
+    return send(f"{url}/translate", json=body, timeout=TIMEOUT)
+
+
+def test_translations_equal_the_library_s(server, sources, offline):
+    lines = sources[:12] + [""] + sources[12:20]
+    response = post(server, {"text": lines})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["translations"] == [best[0].text for best in offline(lines)]
+    assert "nbest" not in body
+
+    response = post(server, {"text": lines[:6], "nbest": 2, "beam_size": 4, "alignment": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    expected = offline(lines[:6], nbest=2, alignment=True, beam_size=4)
+    assert body["translations"] == [best[0].text for best in expected]
+    for got, want in zip(body["nbest"], expected):
+        assert [h["translation"] for h in got] == [t.text for t in want]
+        assert [h["alignment"] for h in got] == [t.alignment for t in want]
+        assert [h["score"] for h in got] == pytest.approx([t.score for t in want], abs=1e-4)
+    assert body["source_tokens"][0][-1] == "</s>"
+
+
+def test_concurrent_requests_each_get_their_own_lines(server, sources, offline):
+    # Requests of different sizes, a third with another beam: 16 at once, as one batch or more.
+    requests = [
+        {"text": [sources[(3 * i + k) % len(sources)] for k in range(1 + i % 4)]}
+        | ({"beam_size": 1} if i % 3 == 0 else {})
+        for i in range(16)
+    ]
+    wanted = {
+        beam: {s: best[0].text for s, best in zip(sources, offline(sources, beam_size=beam))}
+        for beam in (1, 3)
+    }
+    barrier = threading.Barrier(len(requests), timeout=TIMEOUT)
+    answers: list = [None] * len(requests)
+
+    def send(i: int) -> None:
+        with httpx.Client() as client:
+            barrier.wait()
+            answers[i] = post(server, requests[i], client)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=TIMEOUT)
+    for request, answer in zip(requests, answers):
+        assert answer is not None and answer.status_code == 200, answer
+        beam = request.get("beam_size", 3)
+        assert answer.json()["translations"] == [wanted[beam][s] for s in request["text"]]
+
+
+@pytest.mark.parametrize(
+    "body, status, limit",
+    [
+        ({"text": ["A dog."] * 65}, 413, "max_lines"),
+        ({"text": ["A dog.", "a" * 301]}, 413, "max_line_chars"),
+        ({"text": ["a" * 250] * 40}, 413, "max_body_bytes"),
+        # Far over the body limit: still a 413 answer, not a reset connection.
+        ({"text": ["a" * 250] * 800}, 413, "max_body_bytes"),
+        ({"text": ["A dog."], "beam_size": 17}, 422, "max_beam_size"),
+        ({"text": ["A dog."], "nbest": 17}, 422, "max_beam_size"),
+        ({"text": ["A dog."], "length_penalty": 50}, 422, None),
+        ({"text": ["A dog."], "beam_size": 0}, 422, None),
+        ({"text": "A dog."}, 422, None),
+        ({"text": [1, 2]}, 422, None),
+        ({"text": ["A dog."], "beam_size": "4"}, 422, None),
+        ({"text": ["A dog."], "beam": 4}, 422, None),
+        ({"lines": ["A dog."]}, 422, None),
+        (b'{"text": ["A dog."', 422, None),
+        (b"[]", 422, None),
+        (b"\xff\xfe", 422, None),
+        ({"text": ["A dog."], "model": "nope"}, 404, None),
+    ],
+)
+def test_a_bad_request_gets_a_4xx_and_the_next_is_answered(server, sources, body, status, limit):
+    with httpx.Client() as client:
+        response = post(server, body, client)
+        assert response.status_code == status, response.text
+        error = response.json()
+        assert isinstance(error["error"], str) and error["error"]
+        assert "\n" not in error["error"]
+        assert error.get("limit") == limit
+        if limit is not None:
+            assert limit in error["error"]
+        good = post(server, {"text": sources[:2]}, client)
+        assert good.status_code == 200, good.text
+        assert len(good.json()["translations"]) == 2
+
+
+def test_health_answers_while_a_long_request_decodes(server, sources):
+    long_lines = [" ".join(sources[i : i + 4]) for i in range(40)]
+    done: dict = {}
+
+    def send() -> None:
+        start = time.monotonic()
+        done["response"] = post(server, {"text": long_lines, "beam_size": 4})
+        done["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    probes = []
+    with httpx.Client(base_url=server, timeout=TIMEOUT) as client:
+        while thread.is_alive() and len(probes) < 5:
+            start = time.monotonic()
+            health = client.get("/health").json()
+            probes.append((time.monotonic() - start, health["in_flight"]))
+    thread.join(timeout=TIMEOUT)
+    assert done["response"].status_code == 200
+    during = [seconds for seconds, in_flight in probes if in_flight == 1]
+    assert len(during) >= 3, probes
+    assert max(during) < done["seconds"] / 2, (probes, done["seconds"])
+
+
+def test_models_health_and_openapi(server, trained_run):
+    models = httpx.get(f"{server}/models", timeout=TIMEOUT).json()
+    [model] = models["models"]
+    translator = Translator.load(trained_run, device="cpu")
+    assert model["name"] == trained_run.name
+    assert (model["source_language"], model["target_language"]) == ("en", "de")
+    assert model["parameters"] == sum(p.numel() for p in translator.model.parameters())
+    assert model["attention"] == {
+        "encoder": "multihead",
+        "decoder": "multihead",
+        "cross": "multihead",
+    }
+    assert model["decode"]["beam_size"] == 3 and model["decode"]["method"] == "beam"
+    assert models["limits"]["max_lines"] == 64 and models["limits"]["max_body_bytes"] == 10000
+
+    health = httpx.get(f"{server}/health", timeout=TIMEOUT).json()
+    assert health["status"] == "ok" and health["models"] == [trained_run.name]
+
+    schema = httpx.get(f"{server}/openapi.json", timeout=TIMEOUT).json()
+    assert {"/translate", "/health", "/models"} <= set(schema["paths"])
+    request = schema["components"]["schemas"]["TranslateRequest"]
+    assert {"text", "model", "beam_size", "nbest", "length_penalty"} <= set(request["properties"])
+    missing = httpx.get(f"{server}/nowhere", timeout=TIMEOUT)
+    assert missing.status_code == 404 and missing.json() == {"error": "Not Found"}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_stopping_answers_the_requests_in_flight(trained_run, sources, offline, tmp_path, sig):
+    # Batches wait up to a second for company: the requests are surely in flight at the signal.
+    log = tmp_path / "server.log"
+    proc, url = start_server(trained_run, log, "--max-wait-ms", "1000")
+    try:
+        requests = [sources[2 * i : 2 * i + 2] for i in range(8)]
+        answers: list = [None] * len(requests)
+
+        def send(i: int) -> None:
+            answers[i] = post(url, {"text": requests[i]})
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + TIMEOUT
+        while httpx.get(f"{url}/health", timeout=TIMEOUT).json()["in_flight"] < len(requests):
+            assert time.monotonic() < deadline, "the requests never arrived"
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        for t in threads:
+            t.join(timeout=TIMEOUT)
+        assert proc.wait(timeout=TIMEOUT) in (0, -sig, 128 + sig), log.read_text()
+    finally:
+        stop_server(proc)
+    wanted = {s: best[0].text for s, best in zip(sources, offline(sources))}
+    for request, answer in zip(requests, answers):
+        assert answer is not None and answer.status_code == 200, answer
+        assert answer.json()["translations"] == [wanted[s] for s in request]
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{url}/health", timeout=5)
+
+
+@pytest.mark.timeout(120)  # a mistake here would serve forever; fail instead
+def test_serve_refuses_bad_arguments(trained_run, tmp_path, monkeypatch):
+    assert_user_error(nmt("serve", trained_run, "--max-lines", "0"), "--max-lines")
+    assert_user_error(nmt("serve", trained_run, "--max-wait-ms", "-1"), "--max-wait-ms")
+    assert_user_error(nmt("serve", tmp_path), "no checkpoint")
+    assert_user_error(nmt("serve", trained_run, trained_run), "two models are named")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        assert_user_error(nmt("serve", trained_run, "--port", port), "cannot listen", port)
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # import now fails
+    monkeypatch.delitem(sys.modules, "nmt.serve")
+    assert_user_error(nmt("serve", trained_run), "pip install 'nmt[serve]'")
+
+
+# The batcher on its own: a stand-in model that upper-cases lines and records each call.
+
+
+class Recorder:
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[tuple[Options, list[str]]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, options: Options, lines: list[str]) -> list[list[Translation]]:
+        self.calls.append((options, list(lines)))
+        if self.fail_on in lines:
+            raise RuntimeError("this line breaks the model")
+        return [[Translation(line.upper(), 0.0, 0.0)] for line in lines]
+
+
+def run_batcher(decode, requests, batch_tokens=1000, batching=None, then=None) -> list:
+    """Submit all `requests` ((lines, tokens, options) each) at once; then the `then` ones."""
+
+    async def main() -> list:
+        executor = ThreadPoolExecutor(max_workers=1)
+        batcher = Batcher(decode, batch_tokens, batching or Batching(max_wait_ms=50))
+        worker = asyncio.create_task(batcher.run(executor))
+        try:
+            results = []
+            for group in (requests, then or []):
+                submits = (batcher.submit(*request) for request in group)
+                gathered = asyncio.gather(*submits, return_exceptions=True)
+                results += await asyncio.wait_for(gathered, TIMEOUT)
+            return results
+        finally:
+            worker.cancel()
+            executor.shutdown(wait=True)
+
+    return asyncio.run(main())
+
+
+def texts(result) -> list[str]:
+    return [best[0].text for best in result]
+
+
+def test_batcher_decodes_queued_requests_together():
+    decode = Recorder()
+    requests = [([f"a{i}", f"b{i}"], 4, Options()) for i in range(16)]
+    results = run_batcher(decode, requests)
+    assert [texts(r) for r in results] == [[f"A{i}", f"B{i}"] for i in range(16)]
+    assert len(decode.calls) == 1 and len(decode.calls[0][1]) == 32
+
+
+def test_batcher_keeps_to_its_token_budget():
+    decode = Recorder()
+    requests = [([f"s{i}"], 4, Options()) for i in range(5)]
+    results = run_batcher(decode, requests, batch_tokens=10)
+    assert [texts(r) for r in results] == [[f"S{i}"] for i in range(5)]
+    assert [lines for _, lines in decode.calls] == [["s0", "s1"], ["s2", "s3"], ["s4"]]
+
+
+def test_batcher_decodes_other_options_apart():
+    decode = Recorder()
+    wide, aligned = Options(beam_size=8), Options(nbest=2, alignment=True)
+    requests = [(["x"], 2, Options()), (["y"], 2, wide), (["z"], 2, Options()), (["w"], 2, aligned)]
+    results = run_batcher(decode, requests)
+    assert [texts(r) for r in results] == [["X"], ["Y"], ["Z"], ["W"]]
+    assert decode.calls == [(Options(), ["x", "z"]), (wide, ["y"]), (aligned, ["w"])]
+
+
+def test_batcher_without_batching_decodes_each_request_alone():
+    decode = Recorder()
+    requests = [([f"s{i}"], 1, Options()) for i in range(4)]
+    run_batcher(decode, requests, batching=Batching(enabled=False))
+    assert [lines for _, lines in decode.calls] == [["s0"], ["s1"], ["s2"], ["s3"]]
+
+
+def test_a_failing_request_fails_alone_and_the_batcher_goes_on():
+    decode = Recorder(fail_on="boom")
+    requests = [(["a"], 2, Options()), (["boom"], 2, Options()), (["c"], 2, Options())]
+    results = run_batcher(decode, requests, then=[(["d"], 2, Options())])
+    assert texts(results[0]) == ["A"] and texts(results[2]) == ["C"]
+    assert isinstance(results[1], RuntimeError)
+    assert texts(results[3]) == ["D"]
