@@ -101,6 +101,10 @@ def build_model(
 ) -> EncoderDecoder:
     """The architecture the recipe names, untrained. `share_all`: one embedding matrix for the
     source, the target and the output projection (needs one joint vocabulary)."""
+    if cfg.arch == "rnn":
+        from nmt.rnn import RNNModel
+
+        return RNNModel(cfg, src_vocab, tgt_vocab, share_all)
     from nmt.transformer import Transformer
 
     return Transformer(cfg, src_vocab, tgt_vocab, share_all)

@@ -1,11 +1,11 @@
 """Dynamic int8 quantization for CPU inference (`nmt translate --quantize int8`).
 
 Weights of the linear layers (attention projections, feed-forward, the output projection onto
-the vocabulary) are stored as int8 with one scale per output row; activations are quantized on
-the fly, batch by batch, and the products run in int8 kernels (fbgemm / oneDNN on x86, qnnpack
-on ARM). Embeddings, layer norms and the attention products stay in fp32. Every projection is
-an `nn.Linear` module of its own (the tied output projection too), so quantization replaces
-modules and the models need no hooks for it.
+the vocabulary) and of the recurrent layers (GRU, LSTM) are stored as int8 with one scale per
+output row; activations are quantized on the fly, batch by batch, and the products run in int8
+kernels (fbgemm / oneDNN on x86, qnnpack on ARM). Embeddings, layer norms and the attention
+products stay in fp32. Every projection is an `nn.Linear` module of its own (the tied output
+projection too), so quantization replaces modules and the models need no hooks for it.
 """
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         warnings.simplefilter("ignore")
         torch.ao.quantization.quantize_dynamic(
             model,
-            {nn.Linear: torch.ao.quantization.per_channel_dynamic_qconfig},
+            dict.fromkeys(
+                (nn.Linear, nn.GRU, nn.LSTM), torch.ao.quantization.per_channel_dynamic_qconfig
+            ),
             dtype=torch.qint8,
             inplace=True,
         )
