@@ -1,0 +1,617 @@
+"""One prepared check of every CUDA path, for the few minutes a GPU is lent.
+
+    PYTHONPATH=. python bench/gpu_check.py --out $OUT          # on the GPU machine (data/multi30k carried)
+    python bench/gpu_check.py --smoke --out /tmp/gpu_check     # here: every part, on the CPU, tiny
+
+Parts, in order, each in a process of its own under its own time limit (a part that fails or
+runs out of time is recorded, and the next part runs):
+
+    versions     Python, torch, CUDA, the GPU, the packages nmt uses
+    data         Multi30k en-de preprocessed with the recipe (shared by the parts below)
+    correctness  the CUDA-marked tests (tests/test_cuda.py)
+    throughput   training tokens/s, peak memory and model-FLOPs utilisation: Transformer-base
+                 and the Multi30k recipe's model, bf16, torch.compile off and on
+    quality      the Multi30k en-de recipe trained to its end in bf16, translated, scored
+    decoding     greedy and beam 5 on test_2016_flickr in fp32, bf16 and fp16
+    nccl         `torchrun --nproc_per_node=1 -m nmt train` through one validation
+
+`report.json` and `report.md` go into --out. `--smoke` runs every part on the CPU at tiny
+sizes in under a minute (the test suite does, so the check keeps working as the code changes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "multi30k_en_de.yaml"
+MULTI30K = ROOT / "data" / "multi30k"
+
+# Dense bf16 tensor-core peaks (FLOP/s, without sparsity), from NVIDIA's data sheets.
+BF16_PEAK = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12}
+
+# (seconds on the GPU, seconds in --smoke): the limit of each part.
+LIMITS = {
+    "versions": (60, 30),
+    "data": (90, 30),
+    "correctness": (150, 60),
+    "throughput": (180, 60),
+    "quality": (300, 90),
+    "decoding": (120, 60),
+    "nccl": (90, 60),
+}
+
+
+# -- the parts -----------------------------------------------------------------------------------
+
+
+def part_versions(ctx: dict) -> dict:
+    import torch
+
+    result = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpu_memory_gib": (
+            round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+            if torch.cuda.is_available()
+            else None
+        ),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    for name in ("sentencepiece", "sacrebleu", "typer", "yaml", "rich", "matplotlib", "pytest"):
+        try:
+            result[name] = getattr(__import__(name), "__version__", "present")
+        except ImportError:
+            result[name] = None
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    result["nmt_commit"] = commit.stdout.strip() or None
+    return result
+
+
+def part_data(ctx: dict) -> dict:
+    from nmt import config, data
+
+    recipe = config.load(ctx["recipe"], ctx["overrides"] + [f"run_dir={ctx['work']}/data"])
+    manifest = data.preprocess(recipe, force=True)
+    return {"prepared": str(recipe.prepared_dir), "splits": manifest["splits"]}
+
+
+def part_correctness(ctx: dict) -> dict:
+    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"]
+    out = subprocess.run(
+        [*cmd, "tests/test_cuda.py"], cwd=ROOT, capture_output=True, text=True, env=_env()
+    )
+    summary = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+    failures = [line for line in out.stdout.splitlines() if line.startswith("FAILED")]
+    return {
+        "summary": summary,
+        "failed": failures,
+        "exit_code": out.returncode,
+        "ok": out.returncode in (0, 5) and not failures,  # 5: nothing collected/ran
+        "tail": out.stdout[-3000:] if failures else "",
+    }
+
+
+def part_throughput(ctx: dict) -> dict:
+    import torch
+
+    smoke = ctx["smoke"]
+    if smoke:
+        models = {"tiny": ["model.d_model=32", "model.ff_dim=64", "model.heads=2"]}
+        sizes, compiles, precision = [1024], [False], "fp32"
+    else:
+        base = [
+            "model.d_model=512",
+            "model.ff_dim=2048",
+            "model.heads=8",
+            "model.encoder_layers=6",
+            "model.decoder_layers=6",
+            "model.dropout=0.1",
+        ]
+        models = {"transformer_base": base, "multi30k_recipe": []}
+        sizes, compiles, precision = [8192, 25000], [False, True], "bf16"
+    rows = []
+    for name, model_overrides in models.items():
+        for compiled in compiles:
+            for max_tokens in sizes:
+                rows.append(
+                    _measure_training(
+                        ctx,
+                        name,
+                        model_overrides
+                        + [
+                            f"train.max_tokens={max_tokens}",
+                            f"train.precision={precision}",
+                            f"train.compile={str(compiled).lower()}",
+                        ],
+                        steps=3 if smoke else 20,
+                    )
+                )
+                torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return {"rows": rows}
+
+
+def _measure_training(ctx: dict, name: str, overrides: list[str], steps: int) -> dict:
+    """Median tokens/s over timed windows of real updates, after warm-up updates."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nmt import config
+    from nmt.device import resolve_device
+    from nmt.distributed import World
+    from nmt.loss import batch_loss
+    from nmt.model import count_parameters
+    from nmt.train import Run
+
+    row = {"model": name, "overrides": overrides}
+    try:
+        recipe = config.load(
+            ctx["recipe"],
+            ctx["overrides"]
+            + overrides
+            + [f"run_dir={ctx['work']}/throughput", f"data.prepared_dir={ctx['prepared']}"],
+        )
+        device = resolve_device("auto")
+        run = Run.start(recipe, device, World(), force=True)
+        trainer, lr = run.trainer, recipe.train.lr
+        updates = (g for epoch in range(1, 10_000) for g in run.epoch_updates(epoch))
+        warm = 3 if recipe.train.compile else 2
+        for _ in range(warm):
+            trainer.update(next(updates), lr)
+        # FLOPs of one update's forward and backward, counted on the model itself.
+        group = next(updates)
+        with FlopCounterMode(display=False) as counter:
+            batch = group[0].to(device)
+            from nmt.device import autocast
+
+            with autocast(device, trainer.precision):
+                loss = batch_loss(run.model, batch, recipe.train.label_smoothing)
+            loss.backward()
+        run.model.zero_grad(set_to_none=True)
+        flops_per_token = counter.get_total_flops() / batch.n_tgt_tokens
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        rates = []
+        for _ in range(3):
+            tokens, start = 0, time.perf_counter()
+            for _ in range(steps):
+                tokens += trainer.update(next(updates), lr).tokens
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rates.append(tokens / (time.perf_counter() - start))
+        rate = statistics.median(rates)
+        peak = _bf16_peak(device)
+        row.update(
+            parameters=count_parameters(run.model),
+            device=str(device),
+            precision=trainer.precision,
+            tgt_tokens_per_s=rate,
+            windows=rates,
+            flops_per_tgt_token=flops_per_token,
+            achieved_tflops=rate * flops_per_token / 1e12,
+            peak_tflops=peak / 1e12 if peak else None,
+            mfu=rate * flops_per_token / peak if peak else None,
+            peak_memory_gib=(
+                torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+            ),
+        )
+        if recipe.train.compile:
+            from torch._dynamo.utils import counters
+
+            row["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
+        del run, trainer
+    except Exception as e:  # one configuration failing (out of memory, say) is a result
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return row
+
+
+def _bf16_peak(device) -> float | None:
+    import torch
+
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key in sorted(BF16_PEAK, key=len, reverse=True):  # "H100 PCIe" before "H100"
+        if key in name:
+            return BF16_PEAK[key]
+    return None
+
+
+def part_quality(ctx: dict) -> dict:
+    """The recipe trained to the same number of updates its CPU run reached (so the schedule is
+    the same), in bf16; then tuned, translated and scored, timed end to end."""
+    run_dir = Path(ctx["work"]) / "quality"
+    sets = [
+        f"run_dir={run_dir}",
+        f"data.prepared_dir={ctx['prepared']}",
+        "train.max_time=null",
+        f"train.max_steps={ctx['quality_steps']}",
+        f"train.precision={'fp32' if ctx['smoke'] else 'bf16'}",
+    ]
+    args = [a for s in ctx["overrides"] + sets for a in ("--set", s)]
+    test = ctx["test_prefix"]
+    hyp = run_dir / "test.hyp"
+    alphas = "1.0" if ctx["smoke"] else "0.6,0.8,1.0,1.2"
+    steps = [
+        ["train", str(ctx["recipe"]), *args, "--force", "--no-progress"],
+        ["tune", str(run_dir), "--beam-size", "5", "--length-penalty", alphas],
+        ["translate", str(run_dir), "-i", f"{test}.en", "-o", str(hyp)],
+        ["score", str(hyp), "-r", f"{test}.de", "--metrics", "bleu,chrf", "--json"],
+        ["score", str(hyp), "-r", f"{test}.de", "--lowercase", "--json"],
+    ]
+    timings, outputs = {}, {}
+    started = time.perf_counter()
+    for step in steps:
+        t0 = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-m", "nmt", "-q", *step], capture_output=True, text=True, env=_env()
+        )
+        key = step[0] if step[0] != "score" or "--lowercase" not in step else "score_lc"
+        timings[key] = time.perf_counter() - t0
+        if out.returncode != 0:
+            raise RuntimeError(f"nmt {step[0]} failed: {out.stderr.strip()[-500:]}")
+        outputs[key] = out.stdout
+    scores = {s["name"]: s["score"] for s in json.loads(outputs["score"])}
+    log = [json.loads(line) for line in (run_dir / "log.jsonl").open()]
+    end = [r for r in log if r["kind"] == "end"][-1]
+    return {
+        "wall_seconds": time.perf_counter() - started,
+        "seconds": timings,
+        "steps": end["steps"],
+        "best_valid_bleu": end["best_bleu"],
+        "averaged_valid_bleu": end.get("averaged_bleu"),
+        "selected": end.get("selected"),
+        "tgt_tokens_per_s": end["tokens_per_second"],
+        "test_bleu": scores.get("BLEU"),
+        "test_chrf": scores.get("chrF2"),
+        "test_bleu_lc": json.loads(outputs["score_lc"])[0]["score"],
+        "target_bleu_from_cpu": ctx.get("cpu_bleu"),
+    }
+
+
+def part_decoding(ctx: dict) -> dict:
+    import torch
+
+    from nmt.files import read_lines
+    from nmt.translate import Translator
+
+    run_dir = Path(ctx["work"]) / "quality"
+    if not (run_dir / "best.pt").is_file():
+        return {"skipped": "no trained model (the quality part did not finish)"}
+    lines = list(read_lines(Path(f"{ctx['test_prefix']}.en")))
+    if ctx["smoke"]:
+        lines = lines[:8]
+    cuda = torch.cuda.is_available()
+    precisions = ["fp32", "bf16", "fp16"] if cuda else ["fp32"]
+    rows = []
+    for precision in precisions:
+        for method in ("greedy", "beam"):
+            for batch in ("64 sentences", "default tokens"):
+                overrides = {"method": method, "beam_size": 5}
+                if batch == "64 sentences":
+                    overrides.update(batch_size=64, batch_tokens=1_000_000)
+                translator = Translator.load(run_dir, precision=precision, **overrides)
+                translator.translate(lines[:64])  # warm-up
+                if cuda:
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                outputs = translator.translate(lines)
+                if cuda:
+                    torch.cuda.synchronize()
+                seconds = time.perf_counter() - start
+                tokens = sum(len(ids) + 1 for ids in translator.tgt_tok.encode(outputs))
+                rows.append(
+                    {
+                        "precision": precision,
+                        "search": "greedy" if method == "greedy" else "beam 5",
+                        "batch": batch,
+                        "sentences_per_s": len(lines) / seconds,
+                        "tgt_tokens_per_s": tokens / seconds,
+                    }
+                )
+    return {"sentences": len(lines), "rows": rows}
+
+
+def part_nccl(ctx: dict) -> dict:
+    import torch
+
+    work = Path(ctx["work"]) / "nccl"
+    toy = work / "toy"
+    subprocess.run(
+        [sys.executable, str(ROOT / "data" / "make_toy.py"), "--out", str(toy), "--train", "2000"],
+        check=True,
+        capture_output=True,
+    )
+    sets = [
+        f"run_dir={work / 'run'}",
+        f"data.train={toy / 'train'}",
+        f"data.valid={toy / 'valid'}",
+        "train.max_steps=6",
+        "train.valid_every=6",
+        # A small model: this part proves the NCCL path starts and finishes, nothing more.
+        "model.d_model=32",
+        "model.ff_dim=64",
+        "model.heads=2",
+        "tokenizer.vocab_size=150",
+    ]
+    args = [a for s in sets for a in ("--set", s)]
+    recipe = ROOT / "recipes" / "quickstart.yaml"
+    nmt = [sys.executable, "-m", "nmt", "-q"]
+    subprocess.run([*nmt, "preprocess", str(recipe), *args], check=True, env=_env())
+    started = time.perf_counter()
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=1",
+            "-m",
+            "nmt",
+            "-q",
+            "train",
+            str(recipe),
+            *args,
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    log = (
+        [json.loads(line) for line in (work / "run" / "log.jsonl").open()]
+        if (work / "run" / "log.jsonl").is_file()
+        else []
+    )
+    return {
+        "backend": "nccl" if torch.cuda.is_available() else "gloo",
+        "exit_code": out.returncode,
+        "seconds": time.perf_counter() - started,
+        "validations": sum(r["kind"] == "valid" for r in log),
+        "ok": out.returncode == 0 and any(r["kind"] == "valid" for r in log),
+        "stderr_tail": out.stderr[-1500:] if out.returncode else "",
+    }
+
+
+PARTS = {
+    "versions": part_versions,
+    "data": part_data,
+    "correctness": part_correctness,
+    "throughput": part_throughput,
+    "quality": part_quality,
+    "decoding": part_decoding,
+    "nccl": part_nccl,
+}
+
+
+# -- running the parts -----------------------------------------------------------------------
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+
+
+def _context(args: argparse.Namespace, work: Path) -> dict:
+    smoke = args.smoke
+    if smoke:
+        toy = work / "toy"
+        if not toy.is_dir():
+            make_toy = [sys.executable, str(ROOT / "data" / "make_toy.py"), "--out", str(toy)]
+            sizes = ["--train", "2000", "--valid", "16", "--test", "16"]
+            subprocess.run([*make_toy, *sizes], check=True, capture_output=True)
+        # Toy data in Multi30k's file names, so every part runs the same code.
+        for split, name in (("train", "train"), ("valid", "val"), ("test", "test_2016_flickr")):
+            for lang, toy_lang in (("en", "en"), ("de", "de")):
+                src = toy / f"{split}.{toy_lang}"
+                dst = toy / f"{name}.{lang}"
+                if not dst.exists():
+                    shutil.copyfile(src, dst)
+        data_dir = toy
+        overrides = [
+            f"data.train={toy / 'train'}",
+            f"data.valid={toy / 'val'}",
+            "tokenizer.vocab_size=150",
+            "model.d_model=32",
+            "model.ff_dim=64",
+            "model.heads=2",
+            "model.encoder_layers=1",
+            "model.decoder_layers=1",
+            "train.valid_every=10",
+            "train.average_last=2",
+            "decode.max_len_b=5",
+            "train.threads=2",
+        ]
+    else:
+        data_dir = MULTI30K
+        overrides = []
+    return {
+        "smoke": smoke,
+        "work": str(work),
+        "recipe": str(RECIPE),
+        "overrides": overrides,
+        "prepared": str(work / "data" / "prepared"),
+        "test_prefix": str(data_dir / "test_2016_flickr"),
+        "quality_steps": args.quality_steps if not smoke else 20,
+        "cpu_bleu": args.cpu_bleu,
+    }
+
+
+def _run_part(name: str, args: argparse.Namespace, work: Path, limit: float) -> dict:
+    cmd = [sys.executable, __file__, "--part", name, "--work", str(work)]
+    cmd += ["--quality-steps", str(args.quality_steps)]
+    if args.cpu_bleu is not None:
+        cmd += ["--cpu-bleu", str(args.cpu_bleu)]
+    if args.smoke:
+        cmd.append("--smoke")
+    started = time.perf_counter()
+    # A session of its own, so that a part out of time is stopped with everything it started.
+    child = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        start_new_session=True,
+    )
+    try:
+        _, stderr = child.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        _, stderr = child.communicate(timeout=30)
+        return {
+            "status": "timeout",
+            "seconds": time.perf_counter() - started,
+            "limit": limit,
+            "stderr_tail": (stderr or "")[-1500:],
+        }
+    result_file = work / f"part_{name}.json"
+    record = {"seconds": time.perf_counter() - started, "limit": limit}
+    if child.returncode == 0 and result_file.is_file():
+        result = json.loads(result_file.read_text())
+        record["result"] = result
+        failed = (
+            result.get("ok") is False
+            or result.get("error")
+            or any("error" in row for row in result.get("rows", []))
+        )
+        record["status"] = "skipped" if "skipped" in result else "failed" if failed else "ok"
+    else:
+        record["status"] = "error"
+        record["stderr_tail"] = stderr[-3000:]
+    return record
+
+
+def _child(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    ctx = _context(args, work)
+    result = PARTS[args.part](ctx)
+    (work / f"part_{args.part}.json").write_text(json.dumps(result, indent=2, default=str))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="where report.json and report.md go")
+    parser.add_argument("--smoke", action="store_true", help="every part on the CPU, tiny")
+    parser.add_argument("--parts", default=",".join(PARTS), help="comma-separated subset")
+    parser.add_argument(
+        "--budget", type=float, default=480.0, help="seconds for the whole check (default 480)"
+    )
+    parser.add_argument(
+        "--quality-steps",
+        type=int,
+        default=6000,
+        help="updates for the quality part: the number the recipe's CPU run reached",
+    )
+    parser.add_argument("--cpu-bleu", type=float, help="the recipe's test BLEU on the CPU")
+    parser.add_argument(
+        "--slack", type=float, default=1.0, help="multiply every part's time limit (busy machines)"
+    )
+    parser.add_argument("--part", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.part:
+        try:
+            _child(args)
+        except Exception:
+            traceback.print_exc()
+            sys.exit(1)
+        return
+    if not args.out:
+        parser.error("--out DIR is required")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="nmt_gpu_check_"))
+    started = time.perf_counter()
+    report: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "smoke": args.smoke}
+    report["parts"] = {}
+    for name in args.parts.split(","):
+        limit = LIMITS[name][1 if args.smoke else 0] * args.slack
+        left = args.budget - (time.perf_counter() - started)
+        if left < 10:
+            report["parts"][name] = {"status": "skipped", "reason": "the budget is spent"}
+            continue
+        record = _run_part(name, args, work, min(limit, left))
+        report["parts"][name] = record
+        print(f"{name}: {record['status']} in {record['seconds']:.0f}s", flush=True)
+        _write(out, report, time.perf_counter() - started)
+    _write(out, report, time.perf_counter() - started)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _write(out: Path, report: dict, seconds: float) -> None:
+    report["seconds"] = seconds
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "report.md").write_text(_markdown(report))
+
+
+def _markdown(report: dict) -> str:
+    lines = [f"# GPU check, {report['started']}" + (" (smoke, CPU)" if report["smoke"] else "")]
+    lines.append(f"\nWall time {report.get('seconds', 0):.0f} s.\n")
+    parts = report["parts"]
+    lines.append("| part | status | seconds |\n| --- | --- | --- |")
+    for name, record in parts.items():
+        lines.append(f"| {name} | {record['status']} | {record.get('seconds', 0):.0f} |")
+    versions = parts.get("versions", {}).get("result")
+    if versions:
+        lines.append("\n## Versions\n")
+        lines += [f"- {k}: {v}" for k, v in versions.items()]
+    throughput = parts.get("throughput", {}).get("result")
+    if throughput:
+        lines.append("\n## Training throughput\n")
+        lines.append(
+            "| model | settings | params | tgt tok/s | FLOP/token | TFLOP/s | MFU | peak GiB |"
+        )
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in throughput["rows"]:
+            if "error" in r:
+                lines.append(f"| {r['model']} | {' '.join(r['overrides'][-3:])} | {r['error']} |")
+                continue
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+            mem = f"{r['peak_memory_gib']:.1f}" if r.get("peak_memory_gib") else "-"
+            lines.append(
+                f"| {r['model']} | {' '.join(r['overrides'][-3:])} | {r['parameters']:,} | "
+                f"{r['tgt_tokens_per_s']:,.0f} | {r['flops_per_tgt_token'] / 1e6:.1f} M | "
+                f"{r['achieved_tflops']:.2f} | {mfu} | {mem} |"
+            )
+    quality = parts.get("quality", {}).get("result")
+    if quality:
+        lines.append("\n## Time to quality\n")
+        lines += [f"- {k}: {v}" for k, v in quality.items()]
+    decoding = parts.get("decoding", {}).get("result")
+    if decoding and "rows" in decoding:
+        lines.append(f"\n## Decoding ({decoding['sentences']} sentences)\n")
+        lines.append("| precision | search | batch | sentences/s | tgt tokens/s |")
+        lines.append("| --- | --- | --- | --- | --- |")
+        for r in decoding["rows"]:
+            lines.append(
+                f"| {r['precision']} | {r['search']} | {r['batch']} | "
+                f"{r['sentences_per_s']:,.1f} | {r['tgt_tokens_per_s']:,.0f} |"
+            )
+    for name, record in parts.items():
+        if record["status"] != "ok":
+            detail = record.get("stderr_tail") or json.dumps(record.get("result", {}))[:1500]
+            lines.append(f"\n## {name}: {record['status']}\n\n```\n{detail}\n```")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    main()

@@ -1,0 +1,36 @@
+"""bench/gpu_check.py --smoke: every part of the prepared GPU check runs on the CPU at tiny
+sizes, so the check keeps working as the code changes before a GPU is lent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_part_of_the_gpu_check_runs_in_smoke_mode(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--smoke", "--out", str(tmp_path), "--slack", "3"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    parts = report["parts"]
+    expected = ["versions", "data", "correctness", "throughput", "quality", "decoding", "nccl"]
+    assert list(parts) == expected
+    for name, record in parts.items():
+        assert record["status"] == "ok", (name, record)
+    assert parts["throughput"]["result"]["rows"][0]["tgt_tokens_per_s"] > 0
+    assert parts["throughput"]["result"]["rows"][0]["flops_per_tgt_token"] > 0
+    quality = parts["quality"]["result"]
+    assert quality["steps"] == 20 and quality["test_bleu"] is not None
+    assert {r["search"] for r in parts["decoding"]["result"]["rows"]} == {"greedy", "beam 5"}
+    assert parts["nccl"]["result"]["validations"] == 1
+    text = (tmp_path / "report.md").read_text()
+    assert "Training throughput" in text and "Time to quality" in text and "Decoding" in text
