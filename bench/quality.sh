@@ -1,80 +1,89 @@
 #!/usr/bin/env bash
-# Reproduce the quality table of docs/BENCHMARKS.md: for each recipe, preprocess, train with a
-# step budget, translate the test set with beam search and score it (BLEU, chrF, lowercased BLEU).
+# A recipe end to end, timed, as its header reports it: preprocess, train (with its averaging),
+# tune the beam size and length penalty on the validation set, translate the test set, score it
+# (BLEU, chrF, lowercased BLEU against the raw references). One tab-separated row per recipe.
 #
-#   bash bench/quality.sh [--steps N] [--out DIR] [--translate-only] RECIPE...
+#   bash bench/quality.sh [--out DIR] [--set KEY=VALUE]... [--translate-only] RECIPE...
 #
-# --steps N         stops training after N updates (default: the recipe's own max_steps);
 # --out DIR         puts each run in DIR/<recipe name> (default: runs/quality) and appends one
-#                   tab-separated row per recipe to DIR/quality.tsv;
-# --translate-only  skips preprocessing and training: translates and scores runs already in
-#                   DIR (training time then comes from the run's log).
+#                   row per recipe to DIR/quality.tsv;
+# --set KEY=VALUE   a recipe override for every stage (repeatable), e.g. train.max_steps=1000;
+# --translate-only  skips preprocessing and training: tunes, translates and scores runs already
+#                   in DIR (training time then comes from the run's log).
 # Needs the data first: python data/fetch_multi30k.py --from ../shared/data/multi30k
 set -euo pipefail
 
-steps=""
 out=runs/quality
 translate_only=""
+sets=()
 recipes=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --steps) steps="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
+        --set) sets+=(--set "$2"); shift 2 ;;
         --translate-only) translate_only=1; shift ;;
-        -h|--help) sed -n 2,12p "$0"; exit 0 ;;
+        -h|--help) sed -n 2,13p "$0"; exit 0 ;;
         *) recipes+=("$1"); shift ;;
     esac
 done
-[[ ${#recipes[@]} -gt 0 ]] || { echo "usage: bash bench/quality.sh [--steps N] [--out DIR] RECIPE..." >&2; exit 2; }
+[[ ${#recipes[@]} -gt 0 ]] || { echo "usage: bash bench/quality.sh [--out DIR] [--set K=V]... RECIPE..." >&2; exit 2; }
 
 mkdir -p "$out"
 table="$out/quality.tsv"
-[[ -f "$table" ]] || printf 'recipe\tparams\tsteps\ttrain_s\ttgt_tok_per_s\tbest_val_bleu\ttest\tbleu\tchrf\tbleu_lc\tdevice\tdate\n' > "$table"
+[[ -f "$table" ]] || printf 'recipe\tparams\tsteps\tepochs\twall_s\ttrain_s\ttune_s\ttranslate_s\ttgt_tok_per_s\tbest_val_bleu\taveraged_val_bleu\tselected\tbeam\tlength_penalty\ttuned_val_bleu\tbleu\tchrf\tbleu_lc\tdevice\tdate\n' > "$table"
 
+now() { date +%s.%N; }
 for recipe in "${recipes[@]}"; do
     name=$(basename "$recipe" .yaml)
     run="$out/$name"
-    sets=(--set "run_dir=$run")
-    [[ -n "$steps" ]] && sets+=(--set "train.max_steps=$steps")
+    all=(--set "run_dir=$run" "${sets[@]}")
+    begin=$(now)
     train_s=""  # wall time of `nmt train`; from the log's end record with --translate-only
     if [[ -z "$translate_only" ]]; then
-        nmt preprocess "$recipe" "${sets[@]}" --force
-        start=$(date +%s.%N)
-        nmt train "$recipe" "${sets[@]}" --no-progress
-        end=$(date +%s.%N)
-        train_s=$(python -c "print($end-$start)")
+        nmt preprocess "$recipe" "${all[@]}" --force
+        start=$(now)
+        nmt train "$recipe" "${all[@]}" --no-progress
+        train_s=$(python -c "print($(now)-$start)")
     fi
-    test_prefix=$(python - "$run/recipe.yaml" <<'EOF'
+    start=$(now)
+    nmt tune "$run"
+    tune_s=$(python -c "print($(now)-$start)")
+    read -r test_path src tgt < <(python - "$run/recipe.yaml" <<'EOF'
 import sys
 from nmt import config
 r = config.load(sys.argv[1])
-print(r.data.test or "")
-print(r.data.src_lang, r.data.tgt_lang)
+print(r.data.test or "", r.data.src_lang, r.data.tgt_lang)
 EOF
 )
-    read -r test_path <<<"$(sed -n 1p <<<"$test_prefix")"
-    read -r src tgt <<<"$(sed -n 2p <<<"$test_prefix")"
+    start=$(now)
     nmt translate "$run" -i "$test_path.$src" -o "$run/test.hyp"
-    python - "$run" "$test_path.$tgt" "$name" "$train_s" >> "$table" <<'EOF'
+    translate_s=$(python -c "print($(now)-$start)")
+    wall_s=$(python -c "print($(now)-$begin)")
+    python - "$run" "$test_path.$tgt" "$name" "$wall_s" "$train_s" "$tune_s" "$translate_s" >> "$table" <<'EOF'
 import datetime, json, sys
 from pathlib import Path
+from nmt.files import read_lines
 from nmt.score import score_lines
 run, ref, name = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+wall_s, train_s, tune_s, translate_s = sys.argv[4:8]
 logs = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-steps = max(r.get("step", 0) for r in logs)
-val = [r["valid_bleu"] for r in logs if "valid_bleu" in r]
-end = [r for r in logs if r.get("kind") == "end"]
-train_s = float(sys.argv[4]) if sys.argv[4] else end[-1]["seconds"]
+end = [r for r in logs if r.get("kind") == "end"][-1]
+train_s = float(train_s) if train_s else end["seconds"]
 params = next((r["parameters"] for r in logs if "parameters" in r), "")
 device = next((r["device"] for r in logs if "device" in r), "")
-hyp = (run / "test.hyp").read_text(encoding="utf-8").splitlines()
-refs = [Path(ref).read_text(encoding="utf-8").splitlines()]
+tuned = json.loads((run / "tune.json").read_text())["chosen"]
+hyp = [line.rstrip() for line in read_lines(run / "test.hyp")]
+refs = [[line.rstrip() for line in read_lines(Path(ref))]]
 s = {r.name: r.score for r in score_lines(hyp, refs, ["bleu", "chrf"])}
 lc = score_lines(hyp, refs, ["bleu"], lowercase=True)[0].score
-rate = f"{end[-1]['tokens_per_second']:.0f}" if end else ""  # over the whole run
+averaged = end.get("averaged_bleu")
 print(
-    f"{name}\t{params}\t{steps}\t{train_s:.0f}\t{rate}\t{max(val) if val else ''}\t{ref}"
-    f"\t{s['BLEU']:.2f}\t{s['chrF2']:.2f}\t{lc:.2f}\t{device}\t{datetime.date.today()}"
+    f"{name}\t{params}\t{end['steps']}\t{end['epochs']}\t{float(wall_s):.0f}\t{train_s:.0f}"
+    f"\t{float(tune_s):.0f}\t{float(translate_s):.0f}\t{end['tokens_per_second']:.0f}"
+    f"\t{end['best_bleu']:.2f}\t{'' if averaged is None else f'{averaged:.2f}'}"
+    f"\t{end.get('selected') or 'best.pt'}\t{tuned['beam_size']}\t{tuned['length_penalty']}"
+    f"\t{tuned['bleu']:.2f}\t{s['BLEU']:.2f}\t{s['chrF2']:.2f}\t{lc:.2f}\t{device}"
+    f"\t{datetime.date.today()}"
 )
 EOF
     tail -1 "$table"
