@@ -12,7 +12,8 @@
 #                                 [--joey-python PATH] [--prepared DIR]
 #
 # JoeyNMT goes in its own virtual environment (it pins protobuf and pulls many packages):
-#   python -m venv /tmp/joey && /tmp/joey/bin/pip install torch==2.13.0 joeynmt==2.3.0
+#   python -m venv /tmp/joey && /tmp/joey/bin/pip install torch==2.13.0 joeynmt==2.3.0 \
+#       importlib_metadata sentencepiece==0.1.99   (joeynmt 2.3.0 needs both, and does not declare them)
 # Needs `nmt preprocess recipes/multi30k_en_de.yaml` first (for the SentencePiece model).
 # Prints JoeyNMT's median "Tokens per Sec" (target tokens, logged every 10 updates) and nmt's
 # median target tokens/s (bench/train_speed.py), then their ratio.

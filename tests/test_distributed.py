@@ -22,6 +22,17 @@ STEPS = 6
 # 1e-9: a few parameters (the key biases) get gradients that are rounding noise, and with a tiny
 # eps Adam would blow that noise up into visible, order-dependent updates.
 MODEL = {"dropout": 0.0}
+# The recurrent model: the same contract, packed sequences and a Python loop over time steps.
+RNN = {
+    "arch": "rnn",
+    "attention": "bahdanau",
+    "rnn_type": "gru",
+    "d_model": 32,
+    "hidden_size": 32,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "dropout": 0.0,
+}
 TRAIN = {"max_steps": STEPS, "valid_every": 100, "log_every": 1, "max_tokens": 512, "eps": 1e-6}
 
 
@@ -29,22 +40,28 @@ def state_of(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "last.pt", weights_only=True)["model"]
 
 
+def _recipe(corpus: Path, run_dir: Path, prepared: Path, model: dict, **train_values) -> dict:
+    tree = tiny_recipe(
+        corpus, run_dir, data={"prepared_dir": str(prepared)}, train={**TRAIN, **train_values}
+    )
+    # The whole model section: the tiny Transformer's keys (heads, ...) do not apply to an RNN.
+    tree["model"] = {**tree["model"], **model} if model is MODEL else model
+    return tree
+
+
 @pytest.mark.slow
-def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path, small_corpus):
+@pytest.mark.parametrize("model", [MODEL, RNN], ids=["transformer", "rnn"])
+def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path, small_corpus, model):
     shared = config.from_dict(tiny_recipe(small_corpus, tmp_path / "prep", train=TRAIN))
     data.preprocess(shared)
-    common = {"data": {"prepared_dir": str(shared.prepared_dir)}, "model": MODEL}
+    prepared = shared.prepared_dir
 
     single_dir = tmp_path / "single"
-    single = tiny_recipe(
-        small_corpus, single_dir, **common, train={**TRAIN, "accum_steps": 2, "threads": 1}
-    )
+    single = _recipe(small_corpus, single_dir, prepared, model, accum_steps=2, threads=1)
     train.train(config.from_dict(single), progress=False)
 
     ddp_dir = tmp_path / "ddp"
-    recipe = write_recipe(
-        tmp_path / "ddp.yaml", tiny_recipe(small_corpus, ddp_dir, **common, train=TRAIN)
-    )
+    recipe = write_recipe(tmp_path / "ddp.yaml", _recipe(small_corpus, ddp_dir, prepared, model))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
         [

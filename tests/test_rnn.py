@@ -575,6 +575,7 @@ def test_rnn_learns_toy_task(tmp_path, toy_corpus, toy_prepared, model, steps):
             "warmup_steps": 50,
             "max_steps": steps,
             "valid_every": steps,
+            "threads": 1,  # a one-layer RNN's step is many tiny operations: one thread is faster
         },
         decode={"method": "greedy"},
     )

@@ -202,3 +202,23 @@ def test_tensorboard_gets_the_logged_scalars(tmp_path, small_corpus, trainer_rec
         board = [(e.step, e.value) for e in events.Scalars(f"{kind}/{name}")]
         assert [s for s, _ in board] == [s for s, _ in logged]
         assert [v for _, v in board] == pytest.approx([v for _, v in logged], rel=1e-6)
+
+
+def test_prefetched_batches_keep_order_and_raise_the_producer_s_error():
+    from nmt.train import _prefetched
+
+    assert list(_prefetched(iter(range(50)), depth=2)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("broken batch")
+
+    got = []
+    with pytest.raises(ValueError, match="broken batch"):
+        for item in _prefetched(failing(), depth=2):
+            got.append(item)
+    assert got == [1]
+    # Leaving early stops the producer (it would otherwise block on the full queue forever).
+    items = _prefetched(iter(range(10_000)), depth=2)
+    assert next(items) == 0
+    items.close()
