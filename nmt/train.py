@@ -686,6 +686,12 @@ def _fit_schedule_end(
     cfg, state = run.recipe.train, run.state
     step_seconds = train_seconds / max(state.step, 1)
     valid_seconds = last.seconds if last is not None else 0.0
+    if last is None:
+        log.warning(
+            "train.max_time: no validation before the warm-up ended, so the fitted end of the "
+            "decay leaves validation time out and may lie past the budget; make "
+            "train.warmup_steps at least train.valid_every"
+        )
     remaining = cfg.max_seconds - (time.perf_counter() - started) - _finishing_seconds(last, cfg)
     per_step = step_seconds + valid_seconds / cfg.valid_every
     end = state.step + max(0, math.floor(remaining / per_step))

@@ -67,7 +67,6 @@ def test_tiny_model_learns_toy_task(tmp_path, toy_corpus, prepared, attention):
                 "max_steps": 350,
                 "valid_every": 350,
                 "log_every": 50,
-                "threads": 1,  # for a model this small a second thread costs more than it gives
             },
             decode={"method": "greedy"},
         )

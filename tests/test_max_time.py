@@ -32,7 +32,9 @@ def test_budget_stops_the_run_and_the_decay_ends_inside_it(tmp_path, small_corpu
                 "max_time": f"{budget}s",
                 "schedule": "cosine",
                 "min_lr": 1e-5,
-                "warmup_steps": 10,
+                # The decay's end is fitted when the warm-up ends, from the time of an update
+                # and of the last validation: let one validation come first, as in real recipes.
+                "warmup_steps": 20,
                 "max_steps": 100_000,
                 "valid_every": 20,
                 "log_every": 1,
@@ -48,7 +50,7 @@ def test_budget_stops_the_run_and_the_decay_ends_inside_it(tmp_path, small_corpu
     assert result.seconds <= budget + 1.0
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
     [fitted] = [r for r in records if r["kind"] == "schedule"]
-    assert fitted["step"] == 10 and 10 < fitted["end"] < 100_000
+    assert fitted["step"] == 20 and 20 < fitted["end"] < 100_000
     # The decay reached min_lr before the run stopped, near the step it was fitted to end at.
     lrs = {r["step"]: r["lr"] for r in records if r["kind"] == "train"}
     assert lrs[max(lrs)] == pytest.approx(1e-5) or max(lrs) < fitted["end"]
