@@ -441,6 +441,11 @@ def _phrases(text: str, number: int, where: str) -> tuple[str, ...]:
         value = json.loads(text)
     except json.JSONDecodeError:
         value = None
+    return _phrase_list(value, number, where)
+
+
+def _phrase_list(value: object, number: int, where: str) -> tuple[str, ...]:
+    """A parsed constraints value: a list of non-empty phrases, or one clear error."""
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
         raise NmtError(f'{where}, line {number}: expected a JSON list of phrases, e.g. ["rot"]')
     if any(not p.strip() for p in value):
@@ -461,7 +466,7 @@ def _jsonl_request(text: str, number: int) -> Request:
     prefix = record.get("prefix") or ""
     if not isinstance(prefix, str):
         raise NmtError(f'input line {number}: "prefix" must be a string')
-    phrases = _phrases(json.dumps(record.get("constraints") or []), number, "input")
+    phrases = _phrase_list(record.get("constraints") or [], number, "input")
     return Request(record["source"], prefix, phrases)
 
 

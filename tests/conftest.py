@@ -35,6 +35,19 @@ def toy_corpus(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def toy_prepared(tmp_path_factory, toy_corpus) -> Path:
+    """The toy corpus preprocessed once (160-piece vocabulary); learning tests train on it."""
+    from nmt import config, data
+
+    folder = tmp_path_factory.mktemp("toy_prepared")
+    recipe = config.from_dict(
+        tiny_recipe(toy_corpus, folder / "base", tokenizer={"vocab_size": 160})
+    )
+    data.preprocess(recipe)
+    return recipe.prepared_dir
+
+
+@pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory) -> Path:
     """A 1,500-pair slice of the toy task, for tests that only need the pipeline to run."""
     out = tmp_path_factory.mktemp("toy_small")

@@ -12,23 +12,12 @@ import time
 import pytest
 from conftest import tiny_recipe
 
-from nmt import config, data, files, train
+from nmt import config, files, train
 from nmt.score import score_lines
 from nmt.translate import Translator
 
 THRESHOLD = 60.0  # BLEU on the toy test set; copying the source gets about 3
 INT8_TOLERANCE = 2.0  # BLEU points an int8-quantized copy of the trained model may lose
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory, toy_corpus):
-    """The toy corpus preprocessed once; each test trains its own model on it."""
-    folder = tmp_path_factory.mktemp("learn")
-    recipe = config.from_dict(
-        tiny_recipe(toy_corpus, folder / "base", tokenizer={"vocab_size": 160})
-    )
-    data.preprocess(recipe)
-    return recipe.prepared_dir
 
 
 # Bahdanau's additive score is learned where it was published, between decoder and encoder:
@@ -44,12 +33,12 @@ ATTENTION = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("attention", list(ATTENTION))
-def test_tiny_model_learns_toy_task(tmp_path, toy_corpus, prepared, attention):
+def test_tiny_model_learns_toy_task(tmp_path, toy_corpus, toy_prepared, attention):
     recipe = config.from_dict(
         tiny_recipe(
             toy_corpus,
             tmp_path / "run",
-            data={"prepared_dir": str(prepared)},
+            data={"prepared_dir": str(toy_prepared)},
             tokenizer={"vocab_size": 160},
             model={
                 "d_model": 96,

@@ -17,8 +17,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import tiny_recipe
+from test_learning import THRESHOLD
+from test_model import VOCAB, log_probs, random_batch, rescore, target_in
+from test_resume import step_losses
 
 from nmt import config, data, files, train
 from nmt.config import DecodeConfig, ModelConfig
@@ -27,10 +29,9 @@ from nmt.model import Ensemble, build_model
 from nmt.quantize import quantize_int8
 from nmt.score import score_lines
 from nmt.search import beam_search, greedy_search
-from nmt.tokenizer import BOS, EOS, PAD
+from nmt.tokenizer import EOS, PAD
 from nmt.translate import Translator
 
-VOCAB = 13  # 0-3 are PAD, UNK, BOS, EOS
 ATOL = 1e-5
 
 VARIANTS = {
@@ -80,26 +81,6 @@ def make_model(variant: str, seed: int = 0, eos_scale: float = 1.0):
             attention.v.mul_(5.0)
         model.output_projection.weight[EOS] *= eos_scale
     return model.eval()
-
-
-def random_batch(lengths: list[int], width: int | None = None) -> torch.Tensor:
-    """Token ids >= 4, PAD after each sentence's length."""
-    width = width or max(lengths)
-    tokens = torch.randint(4, VOCAB, (len(lengths), width))
-    for row, n in enumerate(lengths):
-        tokens[row, n:] = PAD
-    return tokens
-
-
-def target_in(batch: int, length: int) -> torch.Tensor:
-    tgt = torch.randint(3, VOCAB, (batch, length))
-    tgt[:, 0] = BOS
-    return tgt
-
-
-def log_probs(model, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return F.log_softmax(model(src, tgt_in), dim=-1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,19 +306,6 @@ GREEDY = DecodeConfig(method="greedy", max_len_a=1.0, max_len_b=2)
 BEAM = DecodeConfig(beam_size=3, length_penalty=0.0, max_len_a=1.0, max_len_b=2)
 
 
-def rescore(model, src: torch.Tensor, rows: list[int], hyps) -> list[float]:
-    """Teacher-forced sum of log-probabilities of each hypothesis' tokens and EOS."""
-    length = max(len(h.tokens) for h in hyps) + 1
-    tgt_in = torch.full((len(hyps), length), PAD)
-    tgt_out = torch.full((len(hyps), length), PAD)
-    for i, h in enumerate(hyps):
-        tgt_in[i, : len(h.tokens) + 1] = torch.tensor([BOS, *h.tokens])
-        tgt_out[i, : len(h.tokens) + 1] = torch.tensor([*h.tokens, EOS])
-    lp = log_probs(model, src[rows], tgt_in).double()
-    token_lp = lp.gather(-1, tgt_out[..., None])[..., 0].masked_fill(tgt_out.eq(PAD), 0.0)
-    return token_lp.sum(-1).tolist()
-
-
 @pytest.mark.parametrize(
     "variant", ["bahdanau_lstm", "luong_general_gru", "luong_general_no_feeding"]
 )
@@ -347,12 +315,12 @@ def test_searches_score_what_teacher_forcing_scores(variant):
     lengths = [4, 1, 3]
     src = random_batch(lengths)
     greedy = greedy_search(model, src, GREEDY)
-    for h, score in zip(greedy, rescore(model, src, [0, 1, 2], greedy)):
+    for h, score in zip(greedy, rescore(model, src, [0, 1, 2], greedy)[0]):
         assert h.score == pytest.approx(score, abs=1e-4)
     nbest = beam_search(model, src, BEAM, nbest=3)
     rows = [r for r, hyps in enumerate(nbest) for _ in hyps]
     hyps = [h for hs in nbest for h in hs]
-    for h, score in zip(hyps, rescore(model, src, rows, hyps)):
+    for h, score in zip(hyps, rescore(model, src, rows, hyps)[0]):
         assert h.score == pytest.approx(score, abs=1e-4)
     for hs, g in zip(nbest, greedy):
         assert [h.norm_score for h in hs] == sorted((h.norm_score for h in hs), reverse=True)
@@ -490,15 +458,6 @@ def rnn_recipe(corpus, run_dir, **train_values) -> dict:
     return tree
 
 
-def step_losses(run_dir) -> dict[int, float]:
-    losses = {}
-    for line in (run_dir / "log.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["kind"] == "train":
-            losses[record["step"]] = record["loss"]
-    return losses
-
-
 def test_train_average_resume_and_translate(tmp_path, small_corpus):
     tree = rnn_recipe(small_corpus, tmp_path / "run", average_last=2, threads=1)
     recipe = config.from_dict(tree)
@@ -537,18 +496,6 @@ def test_train_average_resume_and_translate(tmp_path, small_corpus):
 
 # ----------------------------------------------------------------------------------------------
 # Learning: each attention kind learns the toy task.
-
-THRESHOLD = 60.0  # BLEU on the toy test set (as tests/test_learning.py); copying gets about 3
-
-
-@pytest.fixture(scope="module")
-def toy_prepared(tmp_path_factory, toy_corpus):
-    folder = tmp_path_factory.mktemp("rnn_learn")
-    recipe = config.from_dict(
-        tiny_recipe(toy_corpus, folder / "base", tokenizer={"vocab_size": 160})
-    )
-    data.preprocess(recipe)
-    return recipe.prepared_dir
 
 
 @pytest.mark.slow
