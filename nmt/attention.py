@@ -109,6 +109,10 @@ class Attention(nn.Module):
             mask = past if mask is None else mask & past
         if need_weights:
             out, weights = self.attend_explicit(q, k, v, mask)
+        elif L == 1 and q.device.type == "cpu" and not self.training:
+            # One query per row (decoding): the CPU's fused kernel works on blocks of queries
+            # and lost to the written-out product here (a beam-search pass took 7% longer).
+            out, weights = self.attend_explicit(q, k, v, mask)[0], None
         else:
             # `causal` tells a fused kernel it may apply the mask itself (top-left aligned).
             out, weights = self.attend(q, k, v, mask, causal and L == S), None
