@@ -111,7 +111,8 @@ class Attention(nn.Module):
             out, weights = self.attend_explicit(q, k, v, mask)
         elif L == 1 and q.device.type == "cpu" and not self.training:
             # One query per row (decoding): the CPU's fused kernel works on blocks of queries
-            # and lost to the written-out product here (a beam-search pass took 7% longer).
+            # and lost to the written-out product (a beam-5 pass: 4.70 s with it, 3.43 s
+            # without; docs/BENCHMARKS.md, bench/decode_ops.py).
             out, weights = self.attend_explicit(q, k, v, mask)[0], None
         else:
             # `causal` tells a fused kernel it may apply the mask itself (top-left aligned).
