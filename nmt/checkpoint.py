@@ -13,6 +13,8 @@ This module owns the schema. Every checkpoint holds
 and a training checkpoint (last.pt) also `train_state` (nmt.train.TrainState as a mapping),
 `optimizer`, `scaler` and `rng`. An averaged one lists its sources in `averaged`.
 
+`check_resumable` decides whether a run's last.pt can go on with a given recipe.
+
 Saving is atomic (temporary file, fsync, rename), so a crash or a full disk during a save leaves
 the previous checkpoint intact. Loading uses `torch.load(weights_only=True)`, which refuses
 pickled code: a checkpoint can carry tensors, numbers, strings and bytes, nothing executable.
@@ -294,3 +296,53 @@ def average(paths: list[Path]) -> dict[str, Any]:
         "step": max(steps),
         "averaged": [str(p) for p in paths],
     }
+
+
+# Sections that define the model and its data: a resumed run must not change them.
+_FIXED_SECTIONS = ("data", "tokenizer", "filter", "model", "seed")
+
+
+def check_resumable(state: dict, recipe: config.Recipe, path: Path) -> None:
+    """Raises NmtError when last.pt at `path` cannot be resumed with `recipe`: the model or its
+    data changed, or the run already reached its step, patience or time limit."""
+    # Through this nmt's recipe type: keys added since the checkpoint was written take their
+    # defaults rather than count as changed.
+    saved = config.to_dict(config.from_dict(state["recipe"]))
+    current = config.to_dict(recipe)
+    for section in _FIXED_SECTIONS:
+        if saved.get(section) != current[section]:
+            if isinstance(current[section], dict):
+                keys = [
+                    k
+                    for k in current[section]
+                    if saved.get(section, {}).get(k) != current[section][k]
+                ]
+                what = ", ".join(f"{section}.{k}" for k in keys) or section
+            else:
+                what = section
+            raise NmtError(
+                f"{path} was trained with a different {what}; resume with the recipe it was "
+                "trained with, or use --force to train from scratch"
+            )
+    if "train_state" not in state:
+        raise NmtError(f"{path} has no optimizer state to resume from; use --force to start again")
+    progress = state["train_state"]
+    if progress["step"] >= recipe.train.max_steps:
+        raise NmtError(
+            f"{path.parent} is already trained to step {progress['step']} (train.max_steps="
+            f"{recipe.train.max_steps}); raise train.max_steps to continue, or use --force to "
+            "train from scratch"
+        )
+    patience = recipe.train.patience
+    if patience and progress["bad_validations"] >= patience:
+        raise NmtError(
+            f"{path.parent} stopped early: {patience} validations without a better BLEU "
+            "(train.patience); raise train.patience to continue, or use --force"
+        )
+    budget = recipe.train.max_seconds
+    spent = progress.get("budget_spent")  # absent from checkpoints of older versions
+    if budget is not None and (progress["seconds"] >= budget or (spent and budget <= spent)):
+        raise NmtError(
+            f"{path.parent} has used its train.max_time ({recipe.train.max_time}); raise "
+            "train.max_time to continue, or use --force to train from scratch"
+        )

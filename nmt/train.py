@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ from nmt.distributed import World
 from nmt.errors import NmtError
 from nmt.loss import batch_loss
 from nmt.model import build_model, count_parameters
+from nmt.runlog import JsonlLog
 from nmt.translate import Translator
 from nmt.validate import Validation, validate
 
@@ -295,7 +295,7 @@ class Run:
         saved = None
         if last.exists() and not force:
             saved = checkpoint.load(last)
-            _check_resumable(saved, recipe, last)
+            checkpoint.check_resumable(saved, recipe, last)
         prepared = open_prepared(recipe)
         precision = resolve_precision(recipe.train.precision, device)
         model = initial_model(recipe, prepared)
@@ -742,47 +742,6 @@ class _Failure:
     error: BaseException
 
 
-# The numbers of log.jsonl that TensorBoard shows, by record kind.
-_SCALARS = {
-    "train": ("loss", "lr", "tgt_tokens_per_s"),
-    "valid": ("valid_loss", "valid_ppl", "valid_bleu"),
-    "averaged": ("valid_loss", "valid_ppl", "valid_bleu"),
-}
-
-
-class JsonlLog:
-    """Appends one JSON object per line; flushed so a crash loses nothing already logged.
-    With a TensorBoard folder, the same numbers also go there (tag `kind/name`, at `step`)."""
-
-    def __init__(self, path: Path | None, tensorboard: Path | None = None) -> None:
-        # No path (ranks other than 0): records are dropped.
-        self.file = open(path, "a", encoding="utf-8") if path else None  # noqa: SIM115
-        self.board = None
-        if tensorboard is not None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise NmtError(
-                    "train.tensorboard needs TensorBoard; install it with: "
-                    "pip install 'nmt[tensorboard]'"
-                ) from None
-            self.board = SummaryWriter(str(tensorboard))
-
-    def write(self, **record: object) -> None:
-        if self.file:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-        if self.board is not None and record.get("kind") in _SCALARS:
-            for name in _SCALARS[record["kind"]]:
-                self.board.add_scalar(f"{record['kind']}/{name}", record[name], record["step"])
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-        if self.board is not None:
-            self.board.close()
-
-
 def _progress(show: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -793,54 +752,6 @@ def _progress(show: bool) -> Progress:
         console=Console(stderr=True),
         disable=not show,
     )
-
-
-# Sections that define the model and its data: a resumed run must not change them.
-_FIXED_SECTIONS = ("data", "tokenizer", "filter", "model", "seed")
-
-
-def _check_resumable(state: dict, recipe: Recipe, path: Path) -> None:
-    # Through this nmt's recipe type: keys added since the checkpoint was written take their
-    # defaults rather than count as changed.
-    saved = config.to_dict(config.from_dict(state["recipe"]))
-    current = config.to_dict(recipe)
-    for section in _FIXED_SECTIONS:
-        if saved.get(section) != current[section]:
-            if isinstance(current[section], dict):
-                keys = [
-                    k
-                    for k in current[section]
-                    if saved.get(section, {}).get(k) != current[section][k]
-                ]
-                what = ", ".join(f"{section}.{k}" for k in keys) or section
-            else:
-                what = section
-            raise NmtError(
-                f"{path} was trained with a different {what}; resume with the recipe it was "
-                "trained with, or use --force to train from scratch"
-            )
-    if "train_state" not in state:
-        raise NmtError(f"{path} has no optimizer state to resume from; use --force to start again")
-    progress = state["train_state"]
-    if progress["step"] >= recipe.train.max_steps:
-        raise NmtError(
-            f"{path.parent} is already trained to step {progress['step']} (train.max_steps="
-            f"{recipe.train.max_steps}); raise train.max_steps to continue, or use --force to "
-            "train from scratch"
-        )
-    patience = recipe.train.patience
-    if patience and progress["bad_validations"] >= patience:
-        raise NmtError(
-            f"{path.parent} stopped early: {patience} validations without a better BLEU "
-            "(train.patience); raise train.patience to continue, or use --force"
-        )
-    budget = recipe.train.max_seconds
-    spent = progress.get("budget_spent")  # absent from checkpoints of older versions
-    if budget is not None and (progress["seconds"] >= budget or (spent and budget <= spent)):
-        raise NmtError(
-            f"{path.parent} has used its train.max_time ({recipe.train.max_time}); raise "
-            "train.max_time to continue, or use --force to train from scratch"
-        )
 
 
 class _StopOnSignal:
