@@ -450,6 +450,9 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
     budget = cfg.max_seconds
     started = time.perf_counter() - state.seconds  # the clock of the whole run, over resumes
     train_seconds, train_tokens = 0.0, 0  # this session's updates, for tokens/s
+    # (step, train_seconds) at each log window of this session's warm-up: the pace that
+    # train.max_time's fit extrapolates.
+    paces = [(state.step, 0.0)]
     last_validation: Validation | None = None
     stopped_early = out_of_time = False
     interrupted: list[str] = []  # the signal that asked us to stop, set by _StopOnSignal
@@ -499,6 +502,8 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
                     elapsed = time.perf_counter() - window_start
                     train_seconds += elapsed
                     train_tokens += window_tokens
+                    if state.step <= cfg.warmup_steps:
+                        paces.append((state.step, train_seconds))
                     [loss_total] = distributed.all_sum(
                         [window_loss.item()], world, run.trainer.device
                     )
@@ -528,7 +533,7 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
                     window_start += time.perf_counter() - pause  # validation is not training
                 if state.step == cfg.warmup_steps and _fits_schedule_to_time(cfg, state):
                     state.schedule_end = _fit_schedule_end(
-                        run, started, train_seconds, last_validation
+                        run, started, _update_seconds(paces, cfg.warmup_steps), last_validation
                     )
                     bar.update(task, total=state.schedule_end)
                     events.write(kind="schedule", step=state.step, end=state.schedule_end)
@@ -676,15 +681,25 @@ def _fits_schedule_to_time(cfg: TrainConfig, state: TrainState) -> bool:
     )
 
 
+def _update_seconds(paces: list[tuple[int, float]], warmup_steps: int) -> float:
+    """Seconds an update over the second half of the warm-up, as much of it as this session
+    timed: the latest pace, without the first updates' start-up, and from this session's own
+    updates when a run was resumed during its warm-up."""
+    step, seconds = paces[-1]
+    first = next((p for p in paces if p[0] >= warmup_steps // 2), paces[0])
+    if first[0] >= step:
+        first = paces[0]
+    return (seconds - first[1]) / max(step - first[0], 1)
+
+
 def _fit_schedule_end(
-    run: Run, started: float, train_seconds: float, last: Validation | None
+    run: Run, started: float, step_seconds: float, last: Validation | None
 ) -> int:
     """The step that train.max_time is expected to allow, estimated at the end of the warm-up
-    from the time of an update and of a validation so far; the decay then ends there (or at
-    max_steps, if sooner). Fixed once: later steps follow a known schedule, and a resumed run
-    continues it exactly. Rank 0's estimate holds for every rank."""
+    from the time of an update (`step_seconds`) and of the last validation; the decay then
+    ends there (or at max_steps, if sooner). Fixed once: later steps follow a known schedule,
+    and a resumed run continues it exactly. Rank 0's estimate holds for every rank."""
     cfg, state = run.recipe.train, run.state
-    step_seconds = train_seconds / max(state.step, 1)
     valid_seconds = last.seconds if last is not None else 0.0
     if last is None:
         log.warning(
@@ -694,7 +709,8 @@ def _fit_schedule_end(
         )
     remaining = cfg.max_seconds - (time.perf_counter() - started) - _finishing_seconds(last, cfg)
     per_step = step_seconds + valid_seconds / cfg.valid_every
-    end = state.step + max(0, math.floor(remaining / per_step))
+    # No update timed yet (log windows longer than the warm-up, no validation): no fit.
+    end = state.step + max(0, math.floor(remaining / per_step)) if per_step > 0 else cfg.max_steps
     end = min(cfg.max_steps, end)
     end = int(distributed.broadcast_number(float(end), run.world, run.trainer.device))
     log.info(

@@ -76,3 +76,13 @@ def test_run_stopped_by_the_budget_resumes_exactly(tmp_path, small_corpus, prepa
     resumed = train.train(config.load(recipe, ["train.max_time=null"]), progress=False)
     assert resumed.steps == STEPS
     assert_same_losses(step_losses(tmp_path / "run"), reference)
+
+
+def test_the_fit_extrapolates_the_pace_of_the_warm_ups_second_half():
+    # (step, seconds of updates) at log windows: 1 s an update, then 2 s from step 100 on.
+    paces = [(0, 0.0), (50, 50.0), (100, 100.0), (150, 200.0), (200, 300.0)]
+    assert train._update_seconds(paces, warmup_steps=200) == pytest.approx(2.0)
+    # A session resumed past half the warm-up times what it saw itself.
+    assert train._update_seconds([(120, 0.0), (150, 60.0), (200, 160.0)], 200) == pytest.approx(2.0)
+    # Nothing timed yet: no pace (the fit then leaves the decay's end at max_steps).
+    assert train._update_seconds([(200, 0.0)], 200) == 0.0
