@@ -426,7 +426,7 @@ def tune(
     ] = "4,5,8",
     length_penalty: Annotated[
         str, typer.Option(help="GNMT length penalties (alpha) to try, comma-separated.")
-    ] = "0.6,0.8,1.0,1.2",
+    ] = "0.6,0.8,1.0,1.2,1.4,1.6",
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     write: Annotated[
         bool, typer.Option(help="Write the best settings into RUN_DIR/recipe.yaml.")

@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from nmt import checkpoint, config, distributed, lock, schedule
 from nmt.config import Recipe, TrainConfig
 from nmt.data import Batch, ParallelDataset, Prepared, collate, token_batches
-from nmt.device import Precision, autocast, resolve_device, resolve_precision
+from nmt.device import Precision, autocast, resolve_device, resolve_precision, reuse_freed_memory
 from nmt.distributed import World
 from nmt.errors import NmtError
 from nmt.loss import batch_loss
@@ -223,8 +223,8 @@ def train(recipe: Recipe, force: bool = False, progress: bool = True) -> TrainRe
     """Train (or resume) the recipe's run.
 
     The process-wide settings are made here, once: the run folder's lock (rank 0 alone under
-    torchrun: the other ranks write nothing there), the seeds, torch's thread count, the process
-    group and TF32.
+    torchrun: the other ranks write nothing there), the seeds, torch's thread count, the C
+    library's reuse of freed memory, the process group and TF32.
     """
     device = resolve_device(recipe.train.device)
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -234,6 +234,8 @@ def train(recipe: Recipe, force: bool = False, progress: bool = True) -> TrainRe
         torch.manual_seed(recipe.seed)
         if recipe.train.threads:
             torch.set_num_threads(recipe.train.threads)
+        if device.type == "cpu":
+            reuse_freed_memory()
         # Under torchrun: one process per GPU (or CPU process), rank 0 writes everything.
         world = distributed.setup(device.type)
         if device.type == "cuda":
@@ -504,6 +506,17 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
                     train_tokens += window_tokens
                     if state.step <= cfg.warmup_steps:
                         paces.append((state.step, train_seconds))
+                        if len(paces) == 3 and _fits_schedule_to_time(cfg, state):
+                            # The second log window's pace: the first has the start-up in it.
+                            (s1, t1), (s2, t2) = paces[1:]
+                            advice = _warmup_advice(
+                                cfg,
+                                state.step,
+                                time.perf_counter() - started,
+                                (t2 - t1) / (s2 - s1),
+                            )
+                            if advice:
+                                log.warning(advice)
                     [loss_total] = distributed.all_sum(
                         [window_loss.item()], world, run.trainer.device
                     )
@@ -690,6 +703,31 @@ def _update_seconds(paces: list[tuple[int, float]], warmup_steps: int) -> float:
     if first[0] >= step:
         first = paces[0]
     return (seconds - first[1]) / max(step - first[0], 1)
+
+
+def _warmup_advice(cfg: TrainConfig, step: int, elapsed: float, step_seconds: float) -> str | None:
+    """A warning when, at this pace, the warm-up would use up more than half of train.max_time:
+    the decay is fitted into what is left when the warm-up ends, so a slow model (Bahdanau
+    attention at every site trains 3x slower than multi-head) would stop at or near the peak
+    learning rate. Suggests a warm-up that ends a third of the way into the budget."""
+    budget = cfg.max_seconds
+    if budget is None or step_seconds <= 0:
+        return None
+    warmup_end = elapsed + step_seconds * (cfg.warmup_steps - step)
+    if warmup_end <= budget / 2:
+        return None
+    suggested = max(50, int(budget / 3 / step_seconds) // 50 * 50)
+    return (
+        f"train.max_time {cfg.max_time}: at {step_seconds:.2f} s an update the "
+        f"{cfg.warmup_steps}-update warm-up ends about {_clock(warmup_end)} into the "
+        f"{_clock(budget)} budget, which leaves the learning-rate decay little or no time; "
+        f"a train.warmup_steps of about {suggested} would end it a third of the way in"
+    )
+
+
+def _clock(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def _fit_schedule_end(

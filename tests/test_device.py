@@ -1,0 +1,47 @@
+"""The C library's handling of freed memory on CPU (nmt.device.reuse_freed_memory)."""
+
+import ctypes
+import platform
+import subprocess
+import sys
+
+import pytest
+
+glibc = platform.system() == "Linux" and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+
+# Allocates and frees a 64 MiB tensor (the size of a training step's logits) twenty times and
+# prints the page faults the last ten caused: each fresh mapping faults once per page.
+_CHURN = """
+import resource, sys, torch
+from nmt.device import reuse_freed_memory
+if sys.argv[1] == "reuse":
+    assert reuse_freed_memory()
+for _ in range(10):  # the heap grows over the first few, then holds free blocks to reuse
+    torch.ones(16 * 2**20).sum()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.ones(16 * 2**20).sum()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _faults(mode: str) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", _CHURN, mode], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not glibc, reason="the setting is glibc's")
+def test_freed_blocks_are_reused_without_page_faults():
+    pages = 64 * 2**20 // 4096
+    assert _faults("glibc") >= 10 * pages * 0.9  # each allocation a fresh, faulting mapping
+    assert _faults("reuse") < pages  # the freed block comes back without faulting again
+
+
+@pytest.mark.skipif(glibc, reason="elsewhere the setting is left alone")
+def test_reports_when_it_cannot_apply():
+    from nmt.device import reuse_freed_memory
+
+    assert reuse_freed_memory() is False
