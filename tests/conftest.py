@@ -26,6 +26,19 @@ def _load_make_toy():
 make_toy = _load_make_toy()
 
 
+def pytest_configure(config) -> None:
+    """Under pytest-xdist (the suite runs `-n auto`: one worker per core), each worker gets its
+    share of the cores, and so do the processes it starts: more threads than cores would
+    oversubscribe them, and OpenMP threads that wait for each other lose most."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def toy_corpus(tmp_path_factory) -> Path:
     """The embedded corpus as `data/make_toy.py` writes it (10k training pairs)."""
