@@ -48,6 +48,18 @@ def autocast(device: torch.device, precision: Precision) -> contextlib.AbstractC
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
+def glibc() -> ctypes.CDLL | None:
+    """The process's C library when it is glibc (musl has mallopt too, but ignores these
+    settings), else None."""
+    if platform.system() != "Linux":
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+    except OSError:
+        return None
+    return libc if hasattr(libc, "gnu_get_libc_version") else None
+
+
 def reuse_freed_memory() -> bool:
     """Keep memory that tensors free inside the process, for the next tensors to reuse.
 
@@ -59,13 +71,8 @@ def reuse_freed_memory() -> bool:
     freed blocks reusable: the process keeps its peak heap (RSS +25% there). Returns whether the
     setting took (False off glibc: musl, macOS, Windows).
     """
-    if platform.system() != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-    except OSError:
-        return False
-    if not hasattr(libc, "gnu_get_libc_version"):  # musl has mallopt but ignores these
+    libc = glibc()
+    if libc is None:
         return False
     return bool(
         libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)

@@ -508,13 +508,9 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
                         paces.append((state.step, train_seconds))
                         if len(paces) == 3 and _fits_schedule_to_time(cfg, state):
                             # The second log window's pace: the first has the start-up in it.
-                            (s1, t1), (s2, t2) = paces[1:]
-                            advice = _warmup_advice(
-                                cfg,
-                                state.step,
-                                time.perf_counter() - started,
-                                (t2 - t1) / (s2 - s1),
-                            )
+                            pace = _update_seconds(paces[1:], 0)
+                            elapsed = time.perf_counter() - started
+                            advice = _warmup_advice(cfg, state.step, elapsed, pace)
                             if advice:
                                 log.warning(advice)
                     [loss_total] = distributed.all_sum(

@@ -1,13 +1,11 @@
 """The C library's handling of freed memory on CPU (nmt.device.reuse_freed_memory)."""
 
-import ctypes
-import platform
 import subprocess
 import sys
 
 import pytest
 
-glibc = platform.system() == "Linux" and hasattr(ctypes.CDLL(None), "gnu_get_libc_version")
+from nmt.device import glibc
 
 # Allocates and frees a 64 MiB tensor (the size of a training step's logits) twenty times and
 # prints the page faults the last ten caused: each fresh mapping faults once per page.
@@ -33,14 +31,14 @@ def _faults(mode: str) -> int:
     return int(out.stdout.split()[-1])
 
 
-@pytest.mark.skipif(not glibc, reason="the setting is glibc's")
+@pytest.mark.skipif(glibc() is None, reason="the setting is glibc's")
 def test_freed_blocks_are_reused_without_page_faults():
     pages = 64 * 2**20 // 4096
     assert _faults("glibc") >= 10 * pages * 0.9  # each allocation a fresh, faulting mapping
     assert _faults("reuse") < pages  # the freed block comes back without faulting again
 
 
-@pytest.mark.skipif(glibc, reason="elsewhere the setting is left alone")
+@pytest.mark.skipif(glibc() is not None, reason="elsewhere the setting is left alone")
 def test_reports_when_it_cannot_apply():
     from nmt.device import reuse_freed_memory
 
