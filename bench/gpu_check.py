@@ -9,10 +9,12 @@ runs out of time is recorded, and the next part runs):
     versions     Python, torch, CUDA, the GPU, the packages nmt uses
     data         Multi30k en-de preprocessed with the recipe (shared by the parts below)
     correctness  the CUDA-marked tests (tests/test_cuda.py)
-    throughput   training tokens/s, peak memory and model-FLOPs utilisation: Transformer-base
-                 and the Multi30k recipe's model, bf16, torch.compile off and on
+    profile      one update of the recipe's model: ms with batches on the device vs the
+                 training loop's path, device-busy ms, the operators that take the host's time
     quality      the Multi30k en-de recipe trained to its end in bf16, translated, scored
     decoding     greedy and beam 5 on test_2016_flickr in fp32, bf16 and fp16
+    throughput   training tokens/s, peak memory and model-FLOPs utilisation: Transformer-base
+                 and the Multi30k recipe's model, bf16, torch.compile off and on
     nccl         `torchrun --nproc_per_node=1 -m nmt train` through one validation
 
 `report.json` and `report.md` go into --out. `--smoke` runs every part on the CPU at tiny
@@ -43,14 +45,17 @@ MULTI30K = ROOT / "data" / "multi30k"
 BF16_PEAK = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H100": 989e12, "H200": 989e12}
 
 # (seconds on the GPU, seconds in --smoke): the limit of each part.
+# The GPU limits fit one device call of about 9 minutes; a part out of time keeps what it
+# recorded so far (its "partial" rows).
 LIMITS = {
-    "versions": (60, 30),
-    "data": (90, 30),
-    "correctness": (150, 60),
-    "throughput": (180, 60),
+    "versions": (45, 30),
+    "data": (60, 30),
+    "correctness": (90, 60),
+    "profile": (60, 60),
     "quality": (300, 90),
-    "decoding": (120, 60),
-    "nccl": (90, 60),
+    "decoding": (60, 60),
+    "throughput": (150, 60),
+    "nccl": (60, 60),
 }
 
 
@@ -94,7 +99,8 @@ def part_data(ctx: dict) -> dict:
 
 
 def part_correctness(ctx: dict) -> dict:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider"]
+    # -n 0: one process; a worker per core would each start a CUDA context for six tests.
+    cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-m", "cuda", "-p", "no:cacheprovider"]
     out = subprocess.run(
         [*cmd, "tests/test_cuda.py"], cwd=ROOT, capture_output=True, text=True, env=_env()
     )
@@ -107,6 +113,84 @@ def part_correctness(ctx: dict) -> dict:
         "ok": out.returncode in (0, 5) and not failures,  # 5: nothing collected/ran
         "tail": out.stdout[-3000:] if failures else "",
     }
+
+
+def part_profile(ctx: dict) -> dict:
+    """Where one update of the recipe's model goes: batches already on the device vs the
+    training loop's own path (collated, pinned and copied on a thread), and the operators that
+    take the host's time (a small model on a GPU is bound by the host launching kernels)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from nmt import config
+    from nmt.data import collate
+    from nmt.device import resolve_device
+    from nmt.distributed import World
+    from nmt.train import Run
+
+    recipe = config.load(
+        ctx["recipe"],
+        ctx["overrides"]
+        + [
+            f"run_dir={ctx['work']}/profile",
+            f"data.prepared_dir={ctx['prepared']}",
+            f"train.precision={'fp32' if ctx['smoke'] else 'bf16'}",
+        ],
+    )
+    device = resolve_device("auto")
+    run = Run.start(recipe, device, World(), force=True)
+    trainer, lr = run.trainer, recipe.train.lr
+    n = 3 if ctx["smoke"] else 20
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    updates = (g for epoch in range(1, 10_000) for g in run.epoch_updates(epoch))
+    staged = [[b.to(device) for b in next(updates)] for _ in range(n)]
+    for group in staged[:3]:
+        trainer.update(group, lr)
+    sync()
+    result: dict = {"max_tokens": recipe.train.max_tokens, "updates": n}
+    for name, source in (("staged", lambda i: staged[i]), ("loop", lambda i: next(updates))):
+        times = []
+        for _ in range(3):
+            sync()
+            start = time.perf_counter()
+            for i in range(n):
+                trainer.update(source(i), lr)
+            sync()
+            times.append((time.perf_counter() - start) / n)
+        result[f"{name}_ms_per_update"] = 1e3 * statistics.median(times)
+    batches = run.epoch_updates(1)
+    start = time.perf_counter()
+    groups = [next(batches) for _ in range(n)]
+    result["collate_ms_per_update"] = 1e3 * (time.perf_counter() - start) / n
+    indices = list(range(min(len(run.train_data), 400)))
+    start = time.perf_counter()
+    collate(run.train_data, indices)
+    result["collate_400_sentences_ms"] = 1e3 * (time.perf_counter() - start)
+    del groups
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for group in staged[:5]:
+            trainer.update(group, lr)
+        sync()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    result["top_host_ops"] = [
+        {
+            "op": e.key,
+            "calls": e.count,
+            "self_cpu_ms": e.self_cpu_time_total / 1e3 / 5,
+            "device_ms": getattr(e, "self_device_time_total", 0) / 1e3 / 5,
+        }
+        for e in rows[:15]
+    ]
+    result["device_ms_per_update"] = (
+        sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages()) / 1e3 / 5
+    )
+    result["host_ops_per_update"] = sum(e.count for e in prof.key_averages()) / 5
+    return result
 
 
 def part_throughput(ctx: dict) -> dict:
@@ -128,8 +212,9 @@ def part_throughput(ctx: dict) -> dict:
         models = {"transformer_base": base, "multi30k_recipe": []}
         sizes, compiles, precision = [8192, 25000], [False, True], "bf16"
     rows = []
-    for name, model_overrides in models.items():
-        for compiled in compiles:
+    # Eager rows of both models first: compiling is slow to start, and the part may run out of time.
+    for compiled in compiles:
+        for name, model_overrides in models.items():
             for max_tokens in sizes:
                 rows.append(
                     _measure_training(
@@ -144,6 +229,7 @@ def part_throughput(ctx: dict) -> dict:
                         steps=3 if smoke else 20,
                     )
                 )
+                _partial(ctx, "throughput", {"rows": rows})
                 torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return {"rows": rows}
 
@@ -269,6 +355,7 @@ def part_quality(ctx: dict) -> dict:
         if out.returncode != 0:
             raise RuntimeError(f"nmt {step[0]} failed: {out.stderr.strip()[-500:]}")
         outputs[key] = out.stdout
+        _partial(ctx, "quality", {"seconds": timings, "log": _log_summary(run_dir)})
     scores = {s["name"]: s["score"] for s in json.loads(outputs["score"])}
     log = [json.loads(line) for line in (run_dir / "log.jsonl").open()]
     end = [r for r in log if r["kind"] == "end"][-1]
@@ -395,11 +482,32 @@ PARTS = {
     "versions": part_versions,
     "data": part_data,
     "correctness": part_correctness,
-    "throughput": part_throughput,
+    "profile": part_profile,
     "quality": part_quality,
     "decoding": part_decoding,
+    "throughput": part_throughput,
     "nccl": part_nccl,
 }
+
+
+def _partial(ctx: dict, name: str, result: dict) -> None:
+    """What a part has measured so far, kept if it runs out of time."""
+    (Path(ctx["work"]) / f"part_{name}.partial.json").write_text(json.dumps(result, default=str))
+
+
+def _log_summary(run_dir: Path) -> dict:
+    """The training log's last validation and its end record, if any."""
+    path = run_dir / "log.jsonl"
+    if not path.is_file():
+        return {}
+    log = [json.loads(line) for line in path.open()]
+    valid = [r for r in log if r["kind"] == "valid"]
+    steps = [r for r in log if r["kind"] == "train"]
+    return {
+        "last_valid": valid[-1] if valid else None,
+        "validations": len(valid),
+        "last_train": steps[-1] if steps else None,
+    }
 
 
 # -- running the parts -----------------------------------------------------------------------
@@ -476,10 +584,14 @@ def _run_part(name: str, args: argparse.Namespace, work: Path, limit: float) -> 
     except subprocess.TimeoutExpired:
         os.killpg(child.pid, signal.SIGKILL)
         _, stderr = child.communicate(timeout=30)
+        partial = work / f"part_{name}.partial.json"
         return {
             "status": "timeout",
             "seconds": time.perf_counter() - started,
             "limit": limit,
+            "partial": json.loads(partial.read_text()) if partial.is_file() else None,
+            # A training cut short still tells its pace and its last validation.
+            "log": _log_summary(work / name) if (work / name / "log.jsonl").is_file() else None,
             "stderr_tail": (stderr or "")[-1500:],
         }
     result_file = work / f"part_{name}.json"
@@ -562,6 +674,11 @@ def _write(out: Path, report: dict, seconds: float) -> None:
     (out / "report.md").write_text(_markdown(report))
 
 
+def _result(parts: dict, name: str) -> dict | None:
+    record = parts.get(name, {})
+    return record.get("result") or record.get("partial")
+
+
 def _markdown(report: dict) -> str:
     lines = [f"# GPU check, {report['started']}" + (" (smoke, CPU)" if report["smoke"] else "")]
     lines.append(f"\nWall time {report.get('seconds', 0):.0f} s.\n")
@@ -569,11 +686,11 @@ def _markdown(report: dict) -> str:
     lines.append("| part | status | seconds |\n| --- | --- | --- |")
     for name, record in parts.items():
         lines.append(f"| {name} | {record['status']} | {record.get('seconds', 0):.0f} |")
-    versions = parts.get("versions", {}).get("result")
+    versions = _result(parts, "versions")
     if versions:
         lines.append("\n## Versions\n")
         lines += [f"- {k}: {v}" for k, v in versions.items()]
-    throughput = parts.get("throughput", {}).get("result")
+    throughput = _result(parts, "throughput")
     if throughput:
         lines.append("\n## Training throughput\n")
         lines.append(
@@ -591,11 +708,11 @@ def _markdown(report: dict) -> str:
                 f"{r['tgt_tokens_per_s']:,.0f} | {r['flops_per_tgt_token'] / 1e6:.1f} M | "
                 f"{r['achieved_tflops']:.2f} | {mfu} | {mem} |"
             )
-    quality = parts.get("quality", {}).get("result")
+    quality = _result(parts, "quality")
     if quality:
         lines.append("\n## Time to quality\n")
         lines += [f"- {k}: {v}" for k, v in quality.items()]
-    decoding = parts.get("decoding", {}).get("result")
+    decoding = _result(parts, "decoding")
     if decoding and "rows" in decoding:
         lines.append(f"\n## Decoding ({decoding['sentences']} sentences)\n")
         lines.append("| precision | search | batch | sentences/s | tgt tokens/s |")

@@ -15,13 +15,29 @@ Precision = Literal["fp32", "bf16", "fp16"]
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device `name` (auto, cpu or cuda) names; a process that gets a GPU here also gets
+    attention kernels that suit batches of changing shapes (`avoid_cudnn_attention`)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise NmtError("device 'cuda' was asked for but no CUDA GPU is available; use cpu or auto")
     if name not in ("cpu", "cuda"):
         raise NmtError(f"unknown device '{name}'; use auto, cpu or cuda")
+    if name == "cuda":
+        avoid_cudnn_attention()
     return torch.device(name)
+
+
+def avoid_cudnn_attention() -> None:
+    """Leave cuDNN's fused attention out of F.scaled_dot_product_attention's choices.
+
+    cuDNN builds an execution plan for every new (batch, length) shape, and batches of real
+    sentences, or a beam growing one token a step, make nearly every shape new: on an H100
+    (torch 2.11, cuDNN 9.19) an update of the Multi30k recipe took 397 ms on fresh batches
+    against 27 ms on batches whose shapes had been seen (docs/BENCHMARKS.md, "First GPU
+    measurements"). The flash and memory-efficient kernels need no plan.
+    """
+    torch.backends.cuda.enable_cudnn_sdp(False)
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:

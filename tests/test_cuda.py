@@ -126,6 +126,26 @@ def test_fused_attention_kernels_are_used():
     assert torch.isfinite(out).all()
 
 
+def test_a_gpu_process_runs_attention_without_cudnn():
+    """cuDNN's attention builds a plan per batch shape (hundreds of ms each): resolving the
+    GPU turns it off, and a bf16 update then runs flash or memory-efficient kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from nmt.device import autocast, resolve_device
+
+    device = resolve_device("cuda")
+    assert not torch.backends.cuda.cudnn_sdp_enabled()
+    model = _model("multihead").to(device)
+    batch = _batch().to(device)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with autocast(device, "bf16"):
+            loss = batch_loss(model, batch, 0.1)
+        loss.backward()
+    ops = {e.key for e in prof.key_averages()}
+    assert not any("cudnn_attention" in op for op in ops), sorted(ops)
+    assert any("flash" in op or "efficient_attention" in op for op in ops), sorted(ops)
+
+
 def test_beam_search_on_the_gpu_gives_the_cpu_translations(trained_run):
     lines = [
         "The dog saw the cat.",

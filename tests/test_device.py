@@ -43,3 +43,21 @@ def test_reports_when_it_cannot_apply():
     from nmt.device import reuse_freed_memory
 
     assert reuse_freed_memory() is False
+
+
+def test_resolving_a_gpu_turns_cudnn_attention_off(monkeypatch):
+    """The setting is made wherever a GPU is resolved (training, translation, serving), and
+    never on CPU. Checked on a GPU itself in tests/test_cuda.py."""
+    import torch
+
+    from nmt.device import resolve_device
+
+    calls = []
+    monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", calls.append)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto").type == "cpu"
+    assert calls == []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto").type == "cuda"
+    assert resolve_device("cuda").type == "cuda"
+    assert calls == [False, False]

@@ -22,12 +22,24 @@ def test_every_part_of_the_gpu_check_runs_in_smoke_mode(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
     parts = report["parts"]
-    expected = ["versions", "data", "correctness", "throughput", "quality", "decoding", "nccl"]
+    expected = [
+        "versions",
+        "data",
+        "correctness",
+        "profile",
+        "quality",
+        "decoding",
+        "throughput",
+        "nccl",
+    ]
     assert list(parts) == expected
     for name, record in parts.items():
         assert record["status"] == "ok", (name, record)
     assert parts["throughput"]["result"]["rows"][0]["tgt_tokens_per_s"] > 0
     assert parts["throughput"]["result"]["rows"][0]["flops_per_tgt_token"] > 0
+    profile = parts["profile"]["result"]
+    assert profile["staged_ms_per_update"] > 0 and profile["loop_ms_per_update"] > 0
+    assert profile["top_host_ops"] and profile["host_ops_per_update"] > 0
     quality = parts["quality"]["result"]
     assert quality["steps"] == 20 and quality["test_bleu"] is not None
     assert {r["search"] for r in parts["decoding"]["result"]["rows"]} == {"greedy", "beam 5"}
