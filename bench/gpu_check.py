@@ -517,39 +517,39 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
 
 
+def toy_multi30k(work: Path) -> tuple[Path, list[str]]:
+    """For --smoke: the toy corpus under Multi30k's file names (so every part runs the same
+    code), and the recipe overrides that shrink the model and the run to seconds."""
+    toy = work / "toy"
+    if not toy.is_dir():
+        make_toy = [sys.executable, str(ROOT / "data" / "make_toy.py"), "--out", str(toy)]
+        sizes = ["--train", "2000", "--valid", "16", "--test", "16"]
+        subprocess.run([*make_toy, *sizes], check=True, capture_output=True)
+    for split, name in (("train", "train"), ("valid", "val"), ("test", "test_2016_flickr")):
+        for lang in ("en", "de"):
+            dst = toy / f"{name}.{lang}"
+            if not dst.exists():
+                shutil.copyfile(toy / f"{split}.{lang}", dst)
+    overrides = [
+        f"data.train={toy / 'train'}",
+        f"data.valid={toy / 'val'}",
+        "tokenizer.vocab_size=150",
+        "model.d_model=32",
+        "model.ff_dim=64",
+        "model.heads=2",
+        "model.encoder_layers=1",
+        "model.decoder_layers=1",
+        "train.valid_every=10",
+        "train.average_last=2",
+        "decode.max_len_b=5",
+        "train.threads=2",
+    ]
+    return toy, overrides
+
+
 def _context(args: argparse.Namespace, work: Path) -> dict:
     smoke = args.smoke
-    if smoke:
-        toy = work / "toy"
-        if not toy.is_dir():
-            make_toy = [sys.executable, str(ROOT / "data" / "make_toy.py"), "--out", str(toy)]
-            sizes = ["--train", "2000", "--valid", "16", "--test", "16"]
-            subprocess.run([*make_toy, *sizes], check=True, capture_output=True)
-        # Toy data in Multi30k's file names, so every part runs the same code.
-        for split, name in (("train", "train"), ("valid", "val"), ("test", "test_2016_flickr")):
-            for lang, toy_lang in (("en", "en"), ("de", "de")):
-                src = toy / f"{split}.{toy_lang}"
-                dst = toy / f"{name}.{lang}"
-                if not dst.exists():
-                    shutil.copyfile(src, dst)
-        data_dir = toy
-        overrides = [
-            f"data.train={toy / 'train'}",
-            f"data.valid={toy / 'val'}",
-            "tokenizer.vocab_size=150",
-            "model.d_model=32",
-            "model.ff_dim=64",
-            "model.heads=2",
-            "model.encoder_layers=1",
-            "model.decoder_layers=1",
-            "train.valid_every=10",
-            "train.average_last=2",
-            "decode.max_len_b=5",
-            "train.threads=2",
-        ]
-    else:
-        data_dir = MULTI30K
-        overrides = []
+    data_dir, overrides = toy_multi30k(work) if smoke else (MULTI30K, [])
     return {
         "smoke": smoke,
         "work": str(work),

@@ -46,3 +46,22 @@ def test_every_part_of_the_gpu_check_runs_in_smoke_mode(tmp_path):
     assert parts["nccl"]["result"]["validations"] == 1
     text = (tmp_path / "report.md").read_text()
     assert "Training throughput" in text and "Time to quality" in text and "Decoding" in text
+
+
+def test_the_gpu_sweep_trains_every_variant_in_smoke_mode(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "bench/gpu_sweep.py", "--smoke", "--out", str(tmp_path), "--jobs", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads((tmp_path / "report.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["baseline", "dropout0.1"]
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert row["steps"] == 20 and row["best_valid_bleu"] is not None
+        assert [step for step, _ in row["curve"]] == [10, 20]
+    assert rows[1]["overrides"] == ["model.dropout=0.1"]
+    assert (tmp_path / "sweep.tsv").read_text().count("\n") == 3
