@@ -1,6 +1,7 @@
 """Training: token batches, label-smoothed cross-entropy (nmt.loss), Adam with a warm-up and a
 decay (nmt.schedule), gradient clipping and accumulation, mixed precision, validation by BLEU
-(nmt.validate), checkpoints, a wall-clock budget and checkpoint averaging.
+(nmt.validate, which also keeps and averages the checkpoints), checkpoints, a wall-clock budget
+(nmt.budget).
 
 Read it top to bottom: `train()` sets up the process and holds the run folder's lock, `_loop()`
 is the whole loop, and `Trainer` does one optimizer update.
@@ -11,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import os
 import random
 import signal
@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nmt import checkpoint, config, distributed, lock, schedule
+from nmt import budget, checkpoint, config, distributed, lock, schedule
 from nmt.config import Recipe, TrainConfig
 from nmt.data import Batch, ParallelDataset, Prepared, collate, token_batches
 from nmt.device import Precision, autocast, resolve_device, resolve_precision, reuse_freed_memory
@@ -36,7 +36,7 @@ from nmt.loss import batch_loss
 from nmt.model import build_model, count_parameters
 from nmt.runlog import JsonlLog
 from nmt.translate import Translator
-from nmt.validate import Validation, validate
+from nmt.validate import Validation, average_and_select, validate_and_save
 
 log = logging.getLogger("nmt")
 
@@ -449,7 +449,7 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
         precision=run.trainer.precision,
         train_pairs=len(run.train_data),
     )
-    budget = cfg.max_seconds
+    max_seconds = cfg.max_seconds
     started = time.perf_counter() - state.seconds  # the clock of the whole run, over resumes
     train_seconds, train_tokens = 0.0, 0  # this session's updates, for tokens/s
     # (step, train_seconds) at each log window of this session's warm-up: the pace that
@@ -459,12 +459,12 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
     stopped_early = out_of_time = False
     interrupted: list[str] = []  # the signal that asked us to stop, set by _StopOnSignal
 
-    def validate_and_save() -> bool:
+    def validate_now() -> bool:
         nonlocal last_validation
         state.seconds = time.perf_counter() - started
         stop = False
         if main:
-            last_validation = _validate_and_save(run, events)
+            last_validation = validate_and_save(run, events)
             stop = cfg.patience > 0 and state.bad_validations >= cfg.patience
         return distributed.broadcast_flag(stop, world, run.trainer.device)
 
@@ -484,12 +484,14 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
                 state.epoch_updates = 0
             continue_epoch = False
             for group in run.epoch_updates(state.epoch, skip=state.epoch_updates):
-                reserve = _finishing_seconds(last_validation, cfg)
-                time_up = budget is not None and (time.perf_counter() - started + reserve >= budget)
+                reserve = budget.finishing_seconds(last_validation, cfg)
+                time_up = max_seconds is not None and (
+                    time.perf_counter() - started + reserve >= max_seconds
+                )
                 lr = schedule.learning_rate(state.step + 1, cfg, state.schedule_end)
                 update = run.trainer.update(group, lr, bool(interrupted), time_up)
                 if update.time_up and not interrupted:
-                    state.budget_spent = budget  # saved with the checkpoints from here on
+                    state.budget_spent = max_seconds  # saved with the checkpoints from here on
                 if update.interrupted and not interrupted:
                     interrupted.append("SIGTERM")  # another rank was stopped by a signal
                 state.step += 1
@@ -506,11 +508,11 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
                     train_tokens += window_tokens
                     if state.step <= cfg.warmup_steps:
                         paces.append((state.step, train_seconds))
-                        if len(paces) == 3 and _fits_schedule_to_time(cfg, state):
+                        if len(paces) == 3 and budget.fits_schedule_to_time(cfg, state):
                             # The second log window's pace: the first has the start-up in it.
-                            pace = _update_seconds(paces[1:], 0)
+                            pace = budget.update_seconds(paces[1:], 0)
                             elapsed = time.perf_counter() - started
-                            advice = _warmup_advice(cfg, state.step, elapsed, pace)
+                            advice = budget.warmup_advice(cfg, state.step, elapsed, pace)
                             if advice:
                                 log.warning(advice)
                     [loss_total] = distributed.all_sum(
@@ -538,11 +540,14 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
                 bar.update(task, completed=state.step)
                 if state.step % cfg.valid_every == 0:
                     pause = time.perf_counter()
-                    stopped_early = validate_and_save()
+                    stopped_early = validate_now()
                     window_start += time.perf_counter() - pause  # validation is not training
-                if state.step == cfg.warmup_steps and _fits_schedule_to_time(cfg, state):
-                    state.schedule_end = _fit_schedule_end(
-                        run, started, _update_seconds(paces, cfg.warmup_steps), last_validation
+                if state.step == cfg.warmup_steps and budget.fits_schedule_to_time(cfg, state):
+                    state.schedule_end = budget.fit_schedule_end(
+                        run,
+                        started,
+                        budget.update_seconds(paces, cfg.warmup_steps),
+                        last_validation,
                     )
                     bar.update(task, total=state.schedule_end)
                     events.write(kind="schedule", step=state.step, end=state.schedule_end)
@@ -561,10 +566,10 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
         if out_of_time:
             log.info(f"train.max_time ({cfg.max_time}) reached at step {state.step}")
         if state.step % cfg.valid_every != 0 and not interrupted:
-            validate_and_save()
+            validate_now()
     averaged_bleu = selected = None
     if main and not interrupted and cfg.average_last:
-        averaged_bleu, selected = _average_and_select(run, events)
+        averaged_bleu, selected = average_and_select(run, events)
     state.seconds = time.perf_counter() - started
     result = TrainResult(
         steps=state.step,
@@ -590,168 +595,6 @@ def _remove_old_results(run_dir: Path) -> None:
         old.unlink()
     for name in ("log.jsonl", checkpoint.AVERAGED, checkpoint.SELECTED):
         (run_dir / name).unlink(missing_ok=True)
-
-
-def _validate_and_save(run: Run, events: JsonlLog) -> Validation:
-    """Loss, perplexity and BLEU on the validation set; then last.pt, best.pt (when BLEU
-    improved) and the step checkpoints kept for averaging."""
-    state, cfg = run.state, run.recipe.train
-    result = validate(run.translator, run.valid_data, run.valid_src, run.valid_ref, cfg.max_tokens)
-    (run.run_dir / "valid.hyp").write_text(
-        "".join(h + "\n" for h in result.hypotheses), encoding="utf-8"
-    )
-    improved = result.bleu > state.best_bleu
-    state.last_bleu = result.bleu
-    if improved:
-        state.best_bleu = result.bleu
-        state.bad_validations = 0
-    else:
-        state.bad_validations += 1
-    run.save("last.pt")
-    if improved:
-        run.save_weights("best.pt")
-    if cfg.checkpoints_kept:
-        run.save_weights(f"step_{state.step}.pt")
-        for old in checkpoint.step_checkpoints(run.run_dir)[: -cfg.checkpoints_kept]:
-            old.unlink()
-    events.write(
-        kind="valid",
-        step=state.step,
-        epoch=state.epoch,
-        valid_loss=result.loss,
-        valid_ppl=result.perplexity,
-        valid_bleu=result.bleu,
-        best_bleu=state.best_bleu,
-        seconds=result.seconds,
-        elapsed=state.seconds,
-    )
-    log.info(
-        f"step {state.step} epoch {state.epoch}: valid loss {result.loss:.3f} ppl "
-        f"{result.perplexity:.2f} BLEU {result.bleu:.2f} (best {state.best_bleu:.2f})"
-        + (" *" if improved else "")
-    )
-    return result
-
-
-def _average_and_select(run: Run, events: JsonlLog) -> tuple[float | None, str]:
-    """Average the last `average_last` step checkpoints into averaged.pt, validate it, and
-    record which of best.pt and averaged.pt `nmt translate RUN_DIR` should use."""
-    cfg = run.recipe.train
-    paths = checkpoint.step_checkpoints(run.run_dir)[-cfg.average_last :]
-    if len(paths) < 2:
-        log.warning(
-            f"train.average_last={cfg.average_last}, but only {len(paths)} step checkpoint(s) "
-            "exist; nothing averaged (validate more often: train.valid_every)"
-        )
-        return None, "best.pt"
-    if len(paths) < cfg.average_last:
-        log.warning(f"averaging {len(paths)} step checkpoints, fewer than {cfg.average_last}")
-    averaged = checkpoint.average(paths)
-    checkpoint.save(averaged, run.run_dir / checkpoint.AVERAGED)
-    run.model.load_state_dict(averaged["model"])  # training is over: reuse the model
-    result = validate(run.translator, run.valid_data, run.valid_src, run.valid_ref, cfg.max_tokens)
-    best = run.state.best_bleu
-    selected = checkpoint.AVERAGED if result.bleu >= best else "best.pt"
-    checkpoint.write_selection(
-        run.run_dir,
-        selected,
-        {"best.pt": best, checkpoint.AVERAGED: result.bleu},
-        reason="higher validation BLEU",
-    )
-    events.write(
-        kind="averaged",
-        step=run.state.step,
-        checkpoints=[p.name for p in paths],
-        valid_loss=result.loss,
-        valid_ppl=result.perplexity,
-        valid_bleu=result.bleu,
-        best_bleu=best,
-        selected=selected,
-        seconds=result.seconds,
-    )
-    log.info(
-        f"averaged {len(paths)} checkpoints: valid BLEU {result.bleu:.2f} (best.pt "
-        f"{best:.2f}); nmt translate {run.run_dir} will use {selected}"
-    )
-    return result.bleu, selected
-
-
-def _finishing_seconds(last: Validation | None, cfg: TrainConfig) -> float:
-    """What the run still has to do once it stops: a last validation, and the validation of
-    the averaged checkpoint."""
-    if last is None:
-        return 0.0
-    return last.seconds * (2 if cfg.average_last else 1)
-
-
-def _fits_schedule_to_time(cfg: TrainConfig, state: TrainState) -> bool:
-    return (
-        cfg.max_time is not None and cfg.schedule != "inverse_sqrt" and state.schedule_end is None
-    )
-
-
-def _update_seconds(paces: list[tuple[int, float]], warmup_steps: int) -> float:
-    """Seconds an update over the second half of the warm-up, as much of it as this session
-    timed: the latest pace, without the first updates' start-up, and from this session's own
-    updates when a run was resumed during its warm-up."""
-    step, seconds = paces[-1]
-    first = next((p for p in paces if p[0] >= warmup_steps // 2), paces[0])
-    if first[0] >= step:
-        first = paces[0]
-    return (seconds - first[1]) / max(step - first[0], 1)
-
-
-def _warmup_advice(cfg: TrainConfig, step: int, elapsed: float, step_seconds: float) -> str | None:
-    """A warning when, at this pace, the warm-up would use up more than half of train.max_time:
-    the decay is fitted into what is left when the warm-up ends, so a slow model (Bahdanau
-    attention at every site trains 3x slower than multi-head) would stop at or near the peak
-    learning rate. Suggests a warm-up that ends a third of the way into the budget."""
-    budget = cfg.max_seconds
-    if budget is None or step_seconds <= 0:
-        return None
-    warmup_end = elapsed + step_seconds * (cfg.warmup_steps - step)
-    if warmup_end <= budget / 2:
-        return None
-    suggested = max(50, int(budget / 3 / step_seconds) // 50 * 50)
-    return (
-        f"train.max_time {cfg.max_time}: at {step_seconds:.2f} s an update the "
-        f"{cfg.warmup_steps}-update warm-up ends about {_clock(warmup_end)} into the "
-        f"{_clock(budget)} budget, which leaves the learning-rate decay little or no time; "
-        f"a train.warmup_steps of about {suggested} would end it a third of the way in"
-    )
-
-
-def _clock(seconds: float) -> str:
-    minutes = round(seconds / 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m"
-
-
-def _fit_schedule_end(
-    run: Run, started: float, step_seconds: float, last: Validation | None
-) -> int:
-    """The step that train.max_time is expected to allow, estimated at the end of the warm-up
-    from the time of an update (`step_seconds`) and of the last validation; the decay then
-    ends there (or at max_steps, if sooner). Fixed once: later steps follow a known schedule,
-    and a resumed run continues it exactly. Rank 0's estimate holds for every rank."""
-    cfg, state = run.recipe.train, run.state
-    valid_seconds = last.seconds if last is not None else 0.0
-    if last is None:
-        log.warning(
-            "train.max_time: no validation before the warm-up ended, so the fitted end of the "
-            "decay leaves validation time out and may lie past the budget; make "
-            "train.warmup_steps at least train.valid_every"
-        )
-    remaining = cfg.max_seconds - (time.perf_counter() - started) - _finishing_seconds(last, cfg)
-    per_step = step_seconds + valid_seconds / cfg.valid_every
-    # No update timed yet (log windows longer than the warm-up, no validation): no fit.
-    end = state.step + max(0, math.floor(remaining / per_step)) if per_step > 0 else cfg.max_steps
-    end = min(cfg.max_steps, end)
-    end = int(distributed.broadcast_number(float(end), run.world, run.trainer.device))
-    log.info(
-        f"train.max_time {cfg.max_time}: the {cfg.schedule} decay will end at step {end} "
-        f"({step_seconds:.2f} s an update, {valid_seconds:.0f} s a validation)"
-    )
-    return end
 
 
 def _prefetched(items: Iterator, depth: int) -> Iterator:

@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_recipe
 from test_resume import STEPS, TRAIN, assert_same_losses, make_recipe, step_losses
 
-from nmt import config, data, train
+from nmt import budget, config, data, train
 from nmt.errors import NmtError
 
 
@@ -81,19 +81,19 @@ def test_run_stopped_by_the_budget_resumes_exactly(tmp_path, small_corpus, prepa
 def test_the_fit_extrapolates_the_pace_of_the_warm_ups_second_half():
     # (step, seconds of updates) at log windows: 1 s an update, then 2 s from step 100 on.
     paces = [(0, 0.0), (50, 50.0), (100, 100.0), (150, 200.0), (200, 300.0)]
-    assert train._update_seconds(paces, warmup_steps=200) == pytest.approx(2.0)
+    assert budget.update_seconds(paces, warmup_steps=200) == pytest.approx(2.0)
     # A session resumed past half the warm-up times what it saw itself.
-    assert train._update_seconds([(120, 0.0), (150, 60.0), (200, 160.0)], 200) == pytest.approx(2.0)
+    assert budget.update_seconds([(120, 0.0), (150, 60.0), (200, 160.0)], 200) == pytest.approx(2.0)
     # Nothing timed yet: no pace (the fit then leaves the decay's end at max_steps).
-    assert train._update_seconds([(200, 0.0)], 200) == 0.0
+    assert budget.update_seconds([(200, 0.0)], 200) == 0.0
 
 
 def test_a_warm_up_that_would_use_most_of_the_budget_is_warned_about():
     cfg = config.TrainConfig(max_time="2h10m", warmup_steps=2000, schedule="cosine")
     # 4.6 s an update (Bahdanau attention at every site, one thread): the warm-up alone takes
     # 480 s + 1,900 x 4.6 s = 2 h 34 min of a 2 h 10 min budget.
-    advice = train._warmup_advice(cfg, step=100, elapsed=480.0, step_seconds=4.6)
+    advice = budget.warmup_advice(cfg, step=100, elapsed=480.0, step_seconds=4.6)
     assert "2000-update warm-up ends about 2h34m into the 2h10m budget" in advice
     assert "about 550" in advice  # 7,800 s / 3 / 4.6 s = 565, rounded down to a multiple of 50
     # 1.4 s an update (multi-head): the warm-up ends 47 min in, no warning.
-    assert train._warmup_advice(cfg, step=100, elapsed=150.0, step_seconds=1.4) is None
+    assert budget.warmup_advice(cfg, step=100, elapsed=150.0, step_seconds=1.4) is None
