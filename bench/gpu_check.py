@@ -591,7 +591,7 @@ def _run_part(name: str, args: argparse.Namespace, work: Path, limit: float) -> 
             "limit": limit,
             "partial": json.loads(partial.read_text()) if partial.is_file() else None,
             # A training cut short still tells its pace and its last validation.
-            "log": _log_summary(work / name) if (work / name / "log.jsonl").is_file() else None,
+            "log": _log_summary(work / name) or None,
             "stderr_tail": (stderr or "")[-1500:],
         }
     result_file = work / f"part_{name}.json"

@@ -11,15 +11,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_every_part_of_the_gpu_check_runs_in_smoke_mode(tmp_path):
+def _smoke(script: str, out: Path, *args: str, timeout: int) -> None:
+    """Runs a bench script with --smoke, writing into `out`; it must succeed."""
     result = subprocess.run(
-        [sys.executable, "bench/gpu_check.py", "--smoke", "--out", str(tmp_path), "--slack", "3"],
+        [sys.executable, f"bench/{script}", "--smoke", "--out", str(out), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=540,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_every_part_of_the_gpu_check_runs_in_smoke_mode(tmp_path):
+    _smoke("gpu_check.py", tmp_path, "--slack", "3", timeout=540)
     report = json.loads((tmp_path / "report.json").read_text())
     parts = report["parts"]
     expected = [
@@ -49,14 +54,7 @@ def test_every_part_of_the_gpu_check_runs_in_smoke_mode(tmp_path):
 
 
 def test_the_gpu_sweep_trains_every_variant_in_smoke_mode(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "bench/gpu_sweep.py", "--smoke", "--out", str(tmp_path), "--jobs", "2"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    _smoke("gpu_sweep.py", tmp_path, "--jobs", "2", timeout=300)
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
     assert [r["variant"] for r in rows] == ["baseline", "dropout0.1"]
     for row in rows:
