@@ -52,7 +52,7 @@ LIMITS = {
     "data": (60, 30),
     "correctness": (90, 60),
     "profile": (60, 60),
-    "quality": (300, 90),
+    "quality": (360, 90),
     "decoding": (60, 60),
     "throughput": (150, 60),
     "nccl": (60, 60),

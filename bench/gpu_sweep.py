@@ -164,6 +164,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=420.0, help="seconds for the whole sweep")
     parser.add_argument("--variants", help="comma-separated subset of the variants")
     parser.add_argument("--smoke", action="store_true", help="on the CPU, toy data, tiny")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="for every variant"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -184,12 +187,14 @@ def main() -> None:
                 f"unknown variants: {', '.join(sorted(unknown))}; known: {', '.join(variants)}"
             )
         variants = {k: v for k, v in variants.items() if k in args.variants.split(",")}
-    common += ["train.max_time=null", f"train.max_steps={steps}"]
+    common += [*args.set, "train.max_time=null", f"train.max_steps={steps}"]
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     rows = sweep(variants, Path(args.recipe), common, work, args.jobs, args.budget)
     report = {"started": started, "recipe": args.recipe, "common": common, "rows": rows}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     header = f"# Sweep of {Path(args.recipe).name}, {started}: {steps} updates, {args.jobs} at once"
+    if args.set:
+        header += f"; for all: {' '.join(args.set)}"
     (out / "report.md").write_text(markdown(rows, header))
     with (out / "sweep.tsv").open("w") as f:
         f.write("variant\tsteps\tbest_val\tbest_step\taveraged_val\twall_s\tstatus\n")
