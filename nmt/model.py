@@ -1,5 +1,5 @@
 """What every encoder-decoder model offers to training and to search, the builder that picks the
-architecture a recipe names, and ensembles.
+architecture a recipe names, ensembles, and the dropout both architectures use.
 
 The interface (`EncoderDecoder`), as fairseq's incremental decoders have it: training and
 validation use the first two methods, greedy / beam search and sampling only the rest, so a
@@ -24,9 +24,46 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nmt.config import ModelConfig
+
+
+class _KeepMask(torch.autograd.Function):
+    """x · mask / keep with mask = uniform < keep; saves only the boolean mask for backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, keep: float) -> torch.Tensor:
+        mask = torch.rand_like(x) < keep
+        ctx.save_for_backward(mask)
+        ctx.scale = 1.0 / keep
+        return (x * mask).mul_(ctx.scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (mask,) = ctx.saved_tensors
+        return (grad * mask).mul_(ctx.scale), None
+
+
+class Dropout(nn.Module):
+    """`nn.Dropout`, with the CPU's mask drawn as `uniform < keep`: PyTorch's CPU `bernoulli_`
+    costs about twice as much as `rand_like` and a comparison, and a small model's update on
+    the CPU calls dropout 22 times (docs/BENCHMARKS.md). Other devices keep the fused kernel."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, True)
+        return _KeepMask.apply(x, 1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class EncoderDecoder(nn.Module):

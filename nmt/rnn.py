@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.config import ModelConfig
-from nmt.model import EncoderDecoder
+from nmt.model import Dropout, EncoderDecoder
 from nmt.tokenizer import PAD
 
 # A GRU's state (layers, B, H), or an LSTM's (h, c).
@@ -139,7 +139,7 @@ class BahdanauDecoder(nn.Module):
         self.attention = GlobalAttention(H, "additive")
         self.rnn = _rnn(cfg, E + H, H, self.layers)
         self.maxout = nn.Linear(2 * H + E, 2 * E)  # [U_o C_o V_o] and b_o
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.output_size = E
 
     def start(self, memory: torch.Tensor, final: Hidden, pad_mask: torch.Tensor) -> RNNState:
@@ -178,7 +178,7 @@ class LuongDecoder(nn.Module):
         score = "additive" if cfg.luong_score == "concat" else cfg.luong_score
         self.attention = GlobalAttention(H, score)
         self.combine = nn.Linear(2 * H, H, bias=False)  # W_c
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.output_size = H
 
     def start(self, memory: torch.Tensor, final: Hidden, pad_mask: torch.Tensor) -> RNNState:
@@ -221,7 +221,7 @@ class RNNModel(EncoderDecoder):
             self.src_embed = self.tgt_embed
         else:
             self.src_embed = _embedding(src_vocab, cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.encoder = _rnn(
             cfg, cfg.d_model, cfg.hidden_size // 2, cfg.encoder_layers, bidirectional=True
         )

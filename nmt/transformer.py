@@ -28,7 +28,7 @@ from nmt.attention import (
     reorder_cache,
 )
 from nmt.config import ModelConfig
-from nmt.model import EncoderDecoder
+from nmt.model import Dropout, EncoderDecoder
 from nmt.tokenizer import PAD
 
 # One dict per decoder layer: {"self": {...}, "cross": {...}}, filled by the attention modules.
@@ -68,7 +68,7 @@ class FeedForward(nn.Module):
         self.fc1 = nn.Linear(cfg.d_model, cfg.ff_dim)
         self.fc2 = nn.Linear(cfg.ff_dim, cfg.d_model)
         self.activation = F.relu if cfg.activation == "relu" else F.gelu
-        self.dropout = nn.Dropout(cfg.activation_dropout)
+        self.dropout = Dropout(cfg.activation_dropout)
         for fc in (self.fc1, self.fc2):
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
@@ -83,7 +83,7 @@ class Residual(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.d_model)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.norm == "pre"
 
     def forward(self, x: torch.Tensor, sublayer: Any) -> torch.Tensor:
@@ -180,7 +180,7 @@ class Transformer(EncoderDecoder):
         self.register_buffer(
             "positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
         )
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         pre = cfg.norm == "pre"

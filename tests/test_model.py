@@ -349,3 +349,44 @@ def test_sentence_decoded_alone_equals_decoded_in_batch(search_run):
         (b,) = beam_search(run.model, alone_src, beam_options(3, 0.0), nbest=3)
         assert [h.tokens for h in b] == [h.tokens for h in run.beam[row]]
         assert [h.score for h in b] == pytest.approx([h.score for h in run.beam[row]], abs=1e-4)
+
+
+# -- dropout ---------------------------------------------------------------------------------
+
+
+def test_dropout_keeps_each_value_scaled_or_zeroes_it_at_rate_p():
+    from nmt.model import Dropout
+
+    torch.manual_seed(0)
+    x = torch.rand(1000, 1000) + 0.5  # no zeros of its own
+    p = 0.3
+    y = Dropout(p).train()(x)
+    dropped = y == 0
+    # 1e6 Bernoulli(0.3) draws: the rate is within 5 standard deviations (0.00046 each).
+    assert abs(dropped.double().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / x.numel())
+    torch.testing.assert_close(y[~dropped], x[~dropped] / (1 - p), rtol=1e-6, atol=0)
+    # Independent masks across calls, and the same mask from the same seed (exact resume).
+    assert not torch.equal(Dropout(p).train()(x) == 0, dropped)
+    torch.manual_seed(0)
+    torch.rand(1000, 1000)
+    assert torch.equal(Dropout(p).train()(x), y)
+
+
+def test_dropout_gradient_is_the_scaled_mask():
+    from nmt.model import Dropout
+
+    torch.manual_seed(1)
+    x = torch.randn(64, 50, dtype=torch.float64, requires_grad=True)
+    y = Dropout(0.4).train()(x)
+    upstream = torch.randn_like(y)
+    (y * upstream).sum().backward()
+    kept = (y != 0).double()
+    torch.testing.assert_close(x.grad, upstream * kept / 0.6)  # d(x·m/keep)/dx = m/keep
+
+
+def test_dropout_is_the_identity_in_eval_mode_and_at_zero():
+    from nmt.model import Dropout
+
+    x = torch.randn(8, 9)
+    assert Dropout(0.5).eval()(x) is x
+    assert Dropout(0.0).train()(x) is x
