@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from nmt.config import AttentionSites, DecodeConfig, ModelConfig
-from nmt.model import build_model
+from nmt.model import Dropout, build_model
 from nmt.search import Hypothesis, beam_search, greedy_search, length_penalty
 from nmt.tokenizer import BOS, EOS, PAD
 from nmt.transformer import Transformer
@@ -355,8 +355,6 @@ def test_sentence_decoded_alone_equals_decoded_in_batch(search_run):
 
 
 def test_dropout_keeps_each_value_scaled_or_zeroes_it_at_rate_p():
-    from nmt.model import Dropout
-
     torch.manual_seed(0)
     x = torch.rand(1000, 1000) + 0.5  # no zeros of its own
     p = 0.3
@@ -373,8 +371,6 @@ def test_dropout_keeps_each_value_scaled_or_zeroes_it_at_rate_p():
 
 
 def test_dropout_gradient_is_the_scaled_mask():
-    from nmt.model import Dropout
-
     torch.manual_seed(1)
     x = torch.randn(64, 50, dtype=torch.float64, requires_grad=True)
     y = Dropout(0.4).train()(x)
@@ -385,8 +381,6 @@ def test_dropout_gradient_is_the_scaled_mask():
 
 
 def test_dropout_is_the_identity_in_eval_mode_and_at_zero():
-    from nmt.model import Dropout
-
     x = torch.randn(8, 9)
     assert Dropout(0.5).eval()(x) is x
     assert Dropout(0.0).train()(x) is x
