@@ -421,6 +421,14 @@ def _numbers(text: str, kind: type, option: str) -> list:
 @app.command()
 def tune(
     run_dir: Annotated[Path, typer.Argument(help="A trained run folder.", show_default=False)],
+    members: Annotated[
+        Optional[list[Path]],  # noqa: UP045
+        typer.Argument(
+            help="More run folders or checkpoints: tune the ensemble that `nmt translate "
+            "RUN_DIR MEMBER...` decodes (its settings go into RUN_DIR).",
+            show_default=False,
+        ),
+    ] = None,
     beam_size: Annotated[
         str, typer.Option("--beam-size", "--beam", help="Beam sizes to try, comma-separated.")
     ] = "4,5,8",
@@ -439,7 +447,9 @@ def tune(
     with user_errors():
         beams = _numbers(beam_size, int, "--beam-size")
         alphas = _numbers(length_penalty, float, "--length-penalty")
-        result = run_tuning(run_dir, beams, alphas, device=device, write=write)
+        result = run_tuning(
+            run_dir, beams, alphas, device=device, write=write, members=members or []
+        )
     print("beam\tlength_penalty\tvalid_bleu\tseconds")
     for t in result.trials:
         mark = "\t<- chosen" if t == result.best else ""

@@ -3,7 +3,10 @@
 `tune()` translates the run's validation sources with every combination of beam size and
 length penalty given, scores each with BLEU against the raw validation references, and writes
 the best combination into the run folder's recipe.yaml, whose `decode` section `nmt translate
-RUN_DIR` uses. Every result is kept in RUN_DIR/tune.json.
+RUN_DIR` uses. Every result is kept in RUN_DIR/tune.json. With further members (run folders or
+checkpoints with the same vocabularies) the ensemble is tuned, since its best beam and length
+penalty need not be a single model's; `nmt translate RUN_DIR MEMBER...` takes the first
+model's settings, so they go into RUN_DIR.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import itertools
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,10 +52,12 @@ def tune(
     length_penalties: list[float],
     device: str = "auto",
     write: bool = True,
+    members: Sequence[Path] = (),
 ) -> Tuning:
     """Try every (beam size, length penalty) pair on the validation set; with `write`, store
     the best in RUN_DIR/recipe.yaml. The run's own settings are always tried too, and stay
-    unless another pair scores strictly higher."""
+    unless another pair scores strictly higher. `members` (run folders or checkpoints) make an
+    ensemble with RUN_DIR, decoded as `nmt translate RUN_DIR MEMBER...` decodes it."""
     recipe_path = run_dir / "recipe.yaml"
     if not recipe_path.is_file():
         raise NmtError(f"{run_dir} is not a run folder (no recipe.yaml); train it first")
@@ -61,7 +67,7 @@ def tune(
         raise NmtError("beam sizes must be >= 1 and length penalties >= 0")
     held = lock.hold(run_dir, "tune") if write else contextlib.nullcontext()
     with held:
-        return _tune(run_dir, recipe_path, beam_sizes, length_penalties, device, write)
+        return _tune(run_dir, recipe_path, beam_sizes, length_penalties, device, write, members)
 
 
 def _tune(
@@ -71,10 +77,11 @@ def _tune(
     length_penalties: list[float],
     device: str,
     write: bool,
+    members: Sequence[Path],
 ) -> Tuning:
     recipe = config.load(recipe_path)
     sources, references = Prepared.open(recipe.prepared_dir).raw_valid()
-    translator = Translator.load(run_dir, device=device, method="beam")
+    translator = Translator.load([run_dir, *members], device=device, method="beam")
     current = (translator.decode.beam_size, translator.decode.length_penalty)
     pairs = list(dict.fromkeys([current, *itertools.product(beam_sizes, length_penalties)]))
     base = translator.decode
@@ -89,11 +96,11 @@ def _tune(
     best = max(trials, key=lambda t: t.bleu)  # the first of equals: the run's own settings
     result = Tuning(trials, best, before)
     if write:
-        _write(run_dir, recipe, result)
+        _write(run_dir, recipe, result, members)
     return result
 
 
-def _write(run_dir: Path, recipe: config.Recipe, result: Tuning) -> None:
+def _write(run_dir: Path, recipe: config.Recipe, result: Tuning, members: Sequence[Path]) -> None:
     decode = dataclasses.replace(
         recipe.decode,
         method="beam",
@@ -108,4 +115,7 @@ def _write(run_dir: Path, recipe: config.Recipe, result: Tuning) -> None:
             "trials": [dataclasses.asdict(t) for t in result.trials],
             "on": "validation set",
         }
+        if members:
+            # The settings suit this ensemble: say so, so nobody reads them as the model's own.
+            record["ensemble"] = [str(run_dir), *map(str, members)]
         f.write(json.dumps(record, indent=2) + "\n")

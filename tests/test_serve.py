@@ -224,7 +224,9 @@ def test_health_answers_while_a_long_request_decodes(server, sources):
     thread.join(timeout=TIMEOUT)
     assert done["response"].status_code == 200
     during = [seconds for seconds, in_flight in probes if in_flight == 1]
-    assert len(during) >= 3, probes
+    # Two probes answered inside one request show that health does not queue behind decoding;
+    # a third is not asked for, as a loaded machine can finish the request before it.
+    assert len(during) >= 2, probes
     assert max(during) < done["seconds"] / 2, (probes, done["seconds"])
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import torch
 import yaml
 from test_cli import assert_user_error, nmt
 
@@ -57,3 +58,38 @@ def test_tune_without_writing_and_bad_input(trained_run, tmp_path):
     assert_user_error(nmt("tune", run, "--beam-size", "two"), "comma-separated numbers")
     assert_user_error(nmt("tune", run, "--beam-size", "0"), "beam sizes must be >= 1")
     assert_user_error(nmt("tune", tmp_path), "is not a run folder")
+
+
+def test_tune_an_ensemble(trained_run, tmp_path):
+    # best.pt and last.pt are different weights with the same vocabularies: a real ensemble.
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    member = run / "last.pt"
+    result = nmt("tune", run, member, "--beam-size", "1,2", "--length-penalty", "0.5,1.5")
+    assert result.exit_code == 0, result.output
+    record = json.loads((run / "tune.json").read_text())
+    assert record["ensemble"] == [str(run), str(member)]
+    prepared = config.load(run / "recipe.yaml").prepared_dir
+    sources, references = data.Prepared.open(prepared).raw_valid()
+    for t in record["trials"][1:]:
+        # Each trial scores what the ensemble, not the first model, translates with it.
+        settings = {
+            "method": "beam",
+            "beam_size": t["beam_size"],
+            "length_penalty": t["length_penalty"],
+        }
+        hyps = Translator.load([run, member], **settings).translate(sources)
+        assert score_lines(hyps, [references])[0].score == t["bleu"]
+    alone = Translator.load(run, method="beam", beam_size=2, length_penalty=1.5)
+    pair = Translator.load([run, member], method="beam", beam_size=2, length_penalty=1.5)
+    assert alone.translate(sources) != pair.translate(sources)
+    chosen = record["chosen"]
+    decode = Translator.load([run, member]).decode
+    assert (decode.beam_size, decode.length_penalty) == (
+        chosen["beam_size"],
+        chosen["length_penalty"],
+    )
+    other = torch.load(run / "best.pt", weights_only=True)
+    other["tokenizers"] = {"src": b"x", "tgt": b"x"}
+    torch.save(other, tmp_path / "other.pt")
+    assert_user_error(nmt("tune", run, tmp_path / "other.pt"), "other vocabularies")
