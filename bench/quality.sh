@@ -44,31 +44,30 @@ for recipe in "${recipes[@]}"; do
     run="$out/$name"
     members=("$run")
     label=$name
+    run_sets=("${sets[@]}")
     if (( ensemble > 1 )); then
         members=()
         for ((k = 1; k <= ensemble; k++)); do members+=("$run/seed$k"); done
         label="$name x$ensemble"
-        sets_k=(--set "data.prepared_dir=$run/prepared" --set train.threads=1 "${sets[@]}")
+        run_sets=(--set "data.prepared_dir=$run/prepared" --set train.threads=1 "${sets[@]}")
     fi
     begin=$(now)
     train_s=""  # wall time of `nmt train`; from the log's end record with --translate-only
     if [[ -z "$translate_only" ]]; then
+        nmt preprocess "$recipe" --set "run_dir=${members[0]}" "${run_sets[@]}" --force
+        start=$(now)
         if (( ensemble > 1 )); then
-            nmt preprocess "$recipe" --set "run_dir=${members[0]}" "${sets_k[@]}" --force
-            start=$(now)
             pids=()
             for ((k = 1; k <= ensemble; k++)); do
                 pin=()
                 command -v taskset > /dev/null && pin=(taskset -c $(((k - 1) % cores)))
                 OMP_NUM_THREADS=1 "${pin[@]}" nmt train "$recipe" --set "run_dir=$run/seed$k" \
-                    --set "seed=$k" "${sets_k[@]}" --no-progress > "$run/seed$k.train.log" 2>&1 &
+                    --set "seed=$k" "${run_sets[@]}" --no-progress > "$run/seed$k.train.log" 2>&1 &
                 pids+=($!)
             done
             for pid in "${pids[@]}"; do wait "$pid"; done  # set -e: a failed member stops here
         else
-            nmt preprocess "$recipe" --set "run_dir=$run" "${sets[@]}" --force
-            start=$(now)
-            nmt train "$recipe" --set "run_dir=$run" "${sets[@]}" --no-progress
+            nmt train "$recipe" --set "run_dir=$run" "${run_sets[@]}" --no-progress
         fi
         train_s=$(python -c "print($(now)-$start)")
     fi
