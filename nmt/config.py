@@ -210,6 +210,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     clip_norm: float = 1.0  # 0 disables clipping
     label_smoothing: float = 0.1
+    # Subword regularisation: every epoch, each training sentence is segmented anew by
+    # SentencePiece's sampling (Kudo, 2018): a unigram model samples among its `subword_nbest`
+    # best segmentations (-1: all) with smoothing `subword_alpha`; a BPE model drops merges
+    # with probability `subword_alpha` (BPE-dropout). 0 keeps the one best segmentation.
+    subword_alpha: float = 0.0
+    subword_nbest: int = -1
     max_steps: int = 100_000
     max_epochs: int = 100
     # A wall-clock budget for the whole `nmt train` (e.g. 2h, 90m, 1h30m, 45s, or seconds as a
@@ -246,6 +252,12 @@ class TrainConfig:
         _require(all(0 <= b < 1 for b in self.betas), "train.betas", "must be in [0, 1)")
         _require(self.clip_norm >= 0, "train.clip_norm", "must be >= 0")
         _require(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+        _require(0 <= self.subword_alpha <= 1, "train.subword_alpha", "must be in [0, 1]")
+        _require(
+            self.subword_nbest == -1 or self.subword_nbest >= 2,
+            "train.subword_nbest",
+            "must be -1 (sample among all segmentations) or >= 2",
+        )
         _require(self.patience >= 0, "train.patience", "must be >= 0")
         _require(self.keep_last >= 0, "train.keep_last", "must be >= 0")
         _require(self.average_last >= 0, "train.average_last", "must be >= 0")

@@ -26,7 +26,7 @@ from nmt import config, lock
 from nmt.config import Recipe
 from nmt.errors import NmtError
 from nmt.files import read_lines
-from nmt.tokenizer import BOS, EOS, PAD, Tokenizer, train_sentencepiece
+from nmt.tokenizer import BOS, EOS, PAD, UNK, Tokenizer, train_sentencepiece
 
 log = logging.getLogger("nmt")
 
@@ -366,6 +366,20 @@ class TokenArray:
             raise NmtError(f"missing {e.filename}; rerun `nmt preprocess --force`") from None
         self.lengths = (self.offsets[1:] - self.offsets[:-1]).to(torch.int32)
 
+    @classmethod
+    def from_sequences(cls, seqs: Sequence[Sequence[int]]) -> TokenArray:
+        """The same structure in memory, for token ids made while training (sampled pieces)."""
+        self = cls.__new__(cls)
+        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.int64)
+        self.offsets = torch.zeros(len(seqs) + 1, dtype=torch.int64)
+        torch.cumsum(lengths, 0, out=self.offsets[1:])
+        self.tokens = torch.tensor(list(itertools.chain.from_iterable(seqs)), dtype=torch.int32)
+        self.lengths = lengths.to(torch.int32)
+        return self
+
+    def sequences(self) -> list[list[int]]:
+        return [t.tolist() for t in torch.split(self.tokens, self.lengths.tolist())]
+
     def __len__(self) -> int:
         return len(self.lengths)
 
@@ -401,6 +415,42 @@ class ParallelDataset:
 
     def __len__(self) -> int:
         return len(self.src)
+
+
+class SubwordSampler:
+    """Subword regularisation: each epoch's training pairs segmented anew by sampling from the
+    tokenizers (`Tokenizer.sample`), starting from the text that the stored ids decode to, so
+    the prepared data needs nothing more. A pair keeps its stored ids where a side holds an
+    unknown piece (its text is lost) or a sampled side exceeds `max_len` (the length filter)."""
+
+    def __init__(
+        self,
+        data: ParallelDataset,
+        src_tok: Tokenizer,
+        tgt_tok: Tokenizer,
+        alpha: float,
+        nbest: int,
+        max_len: int,
+    ) -> None:
+        self.data, self.alpha, self.nbest, self.max_len = data, alpha, nbest, max_len
+        self.sides = []
+        for array_, tok in ((data.src, src_tok), (data.tgt, tgt_tok)):
+            ids = array_.sequences()
+            self.sides.append((tok, tok.decode(ids), ids))
+
+    def epoch(self, seed: int) -> ParallelDataset:
+        (src_tok, src_text, src_ids), (tgt_tok, tgt_text, tgt_ids) = self.sides
+        src = src_tok.sample(src_text, self.alpha, self.nbest, seed)
+        tgt = tgt_tok.sample(tgt_text, self.alpha, self.nbest, seed + 1)
+        for i, (s, t) in enumerate(zip(src, tgt)):
+            if (
+                len(s) > self.max_len
+                or len(t) > self.max_len
+                or UNK in src_ids[i]
+                or UNK in tgt_ids[i]
+            ):
+                src[i], tgt[i] = src_ids[i], tgt_ids[i]
+        return ParallelDataset(TokenArray.from_sequences(src), TokenArray.from_sequences(tgt))
 
 
 @dataclass

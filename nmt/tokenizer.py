@@ -57,6 +57,19 @@ class Tokenizer:
     def encode(self, lines: Sequence[str]) -> list[list[int]]:
         return self.sp.encode(list(lines), out_type=int)
 
+    def sample(self, lines: Sequence[str], alpha: float, nbest: int, seed: int) -> list[list[int]]:
+        """One sampled segmentation per line (subword regularisation), the same for the same
+        seed: one thread, since each SentencePiece thread would draw from its own stream."""
+        spm.set_random_generator_seed(seed)
+        return self.sp.encode(
+            list(lines),
+            out_type=int,
+            enable_sampling=True,
+            alpha=alpha,
+            nbest_size=nbest,
+            num_threads=1,
+        )
+
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         return self.sp.decode([list(x) for x in ids])
 

@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from nmt import budget, checkpoint, config, distributed, lock, schedule
 from nmt.config import Recipe, TrainConfig
-from nmt.data import Batch, ParallelDataset, Prepared, collate, token_batches
+from nmt.data import Batch, ParallelDataset, Prepared, SubwordSampler, collate, token_batches
 from nmt.device import Precision, autocast, resolve_device, resolve_precision, reuse_freed_memory
 from nmt.distributed import World
 from nmt.errors import NmtError
@@ -288,6 +288,7 @@ class Run:
     state: TrainState
     world: World
     resumed: bool
+    sampler: SubwordSampler | None = None  # train.subword_alpha: pieces sampled every epoch
 
     @classmethod
     def start(cls, recipe: Recipe, device: torch.device, world: World, force: bool) -> Run:
@@ -321,11 +322,22 @@ class Run:
             # Other ranks draw other dropout masks (rank 0 keeps the single-process stream).
             torch.manual_seed(recipe.seed * 1_000_003 + world.rank * 7919 + state.step)
         valid_src, valid_ref = prepared.raw_valid()
+        train_data = prepared.dataset("train")
+        sampler = None
+        if recipe.train.subword_alpha > 0:
+            sampler = SubwordSampler(
+                train_data,
+                prepared.src_tok,
+                prepared.tgt_tok,
+                recipe.train.subword_alpha,
+                recipe.train.subword_nbest,
+                recipe.filter.max_len,
+            )
         return cls(
             recipe,
             run_dir,
             prepared,
-            prepared.dataset("train"),
+            train_data,
             prepared.dataset("valid"),
             valid_src,
             valid_ref,
@@ -334,6 +346,7 @@ class Run:
             state,
             world,
             saved is not None,
+            sampler,
         )
 
     @property
@@ -343,11 +356,16 @@ class Run:
     def epoch_updates(self, epoch: int, skip: int = 0) -> Iterator[list[Batch]]:
         """This epoch's batches (reshuffled with the seed), grouped `accum_steps` per update;
         the first `skip` updates (done before a resume) are left out."""
+        seed = self.recipe.seed * 100_003 + epoch
+        data = self.train_data
+        if self.sampler is not None:
+            data = self.sampler.epoch(seed)
+            stored = int(self.train_data.tgt.lengths.sum())
+            log.debug(
+                f"epoch {epoch}: {int(data.tgt.lengths.sum()) / stored:.3f}x the target pieces"
+            )
         batches = token_batches(
-            self.train_data.src.lengths,
-            self.train_data.tgt.lengths,
-            self.recipe.train.max_tokens,
-            seed=self.recipe.seed * 100_003 + epoch,
+            data.src.lengths, data.tgt.lengths, self.recipe.train.max_tokens, seed=seed
         )
         # Every rank computes the same order and takes its share of each global update; the
         # global batch of an update is `world size × accum_steps` batches.
@@ -359,7 +377,7 @@ class Run:
         def groups() -> Iterator[list[Batch]]:
             for i in range(skip * per_update, len(batches) - per_update + 1, per_update):
                 mine = batches[i + self.world.rank * k : i + (self.world.rank + 1) * k]
-                group = [collate(self.train_data, b) for b in mine]
+                group = [collate(data, b) for b in mine]
                 yield [b.pin_memory() for b in group] if pin else group
 
         if not pin:
@@ -439,6 +457,7 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
     log.info(
         f"model: {n_params / 1e6:.2f}M parameters; {len(run.train_data)} training pairs; "
         f"device {run.trainer.device}, precision {run.trainer.precision}"
+        + (f"; subword sampling, alpha {cfg.subword_alpha}" if run.sampler else "")
         + (f"; resuming at step {state.step}" if run.resumed else "")
     )
     events.write(

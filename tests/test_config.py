@@ -91,6 +91,11 @@ def test_dump_then_load_round_trips(tmp_path):
         ),
         (MINIMAL + "model: {ff_dim: -4}\n", "recipe key 'model.ff_dim' must be >= 1"),
         (MINIMAL + "train: {warmup_steps: 0}\n", "recipe key 'train.warmup_steps' must be >= 1"),
+        (
+            MINIMAL + "train: {subword_alpha: 1.5}\n",
+            "recipe key 'train.subword_alpha' must be in [0, 1]",
+        ),
+        (MINIMAL + "train: {subword_nbest: 1}\n", "recipe key 'train.subword_nbest' must be -1"),
         (MINIMAL + "model: {attention: bahdanu}\n", "did you mean 'bahdanau'?"),
         (
             MINIMAL + "model: {attention: {cross: additive}}\n",
