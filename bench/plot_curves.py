@@ -3,6 +3,7 @@ per run, from the runs' log.jsonl; the averaged checkpoint is a marker at the en
 
     python bench/plot_curves.py runs/multi30k_en_de runs/multi30k_de_en --out docs/learning_curves.png
     python bench/plot_curves.py NAME=RUN_DIR ...     # a label of your own per run
+    python bench/plot_curves.py NAME=docs/logs/RUN.jsonl ...   # a kept log instead of a run folder
     python bench/plot_curves.py RUN ... --at-step 1500 --at-minutes 60,120   # a table, no plot
 
 --at-step / --at-minutes print each run's validation BLEU at the last validation at or before
@@ -20,8 +21,11 @@ from pathlib import Path
 
 
 def _curve(run: Path) -> tuple[list[float], list[int], list[float], dict | None]:
+    """A run folder's log.jsonl, or a log file itself (docs/logs/ keeps those of the measured
+    runs, since run folders do not outlive the machine they ran on)."""
     minutes, steps, bleu, averaged = [], [], [], None
-    for line in (run / "log.jsonl").read_text().splitlines():
+    log = run if run.is_file() else run / "log.jsonl"
+    for line in log.read_text().splitlines():
         record = json.loads(line)
         if record["kind"] == "valid" and "elapsed" in record:
             minutes.append(record["elapsed"] / 60)
@@ -70,7 +74,7 @@ def _table(runs: list[str], at_step: str, at_minutes: str) -> None:
             _at(minutes, bleu, x) for x in minutes_at
         ]
         last = f"{steps[-1]}, {minutes[-1]:.0f}, {bleu[-1]:.2f}" if steps else "–"
-        print(f"| {name or Path(path).name} | " + " | ".join(cells) + f" | {last} |")
+        print(f"| {name or Path(path).stem} | " + " | ".join(cells) + f" | {last} |")
 
 
 def _plot(runs: list[str], out: str, title: str) -> None:
@@ -84,7 +88,7 @@ def _plot(runs: list[str], out: str, title: str) -> None:
         name, _, path = spec.rpartition("=")
         run = Path(path)
         minutes, steps, bleu, averaged = _curve(run)
-        label = name or run.name
+        label = name or run.stem
         (line,) = by_time.plot(minutes, bleu, label=label, linewidth=1.5)
         by_step.plot(steps, bleu, color=line.get_color(), linewidth=1.5)
         if averaged is not None and minutes:
