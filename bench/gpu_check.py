@@ -357,8 +357,9 @@ def part_quality(ctx: dict) -> dict:
         outputs[key] = out.stdout
         _partial(ctx, "quality", {"seconds": timings, "log": _log_summary(run_dir)})
     scores = {s["name"]: s["score"] for s in json.loads(outputs["score"])}
-    log = [json.loads(line) for line in (run_dir / "log.jsonl").open()]
-    end = [r for r in log if r["kind"] == "end"][-1]
+    from nmt import runlog
+
+    end = runlog.read(run_dir, "end")[-1]
     return {
         "wall_seconds": time.perf_counter() - started,
         "seconds": timings,
@@ -463,11 +464,9 @@ def part_nccl(ctx: dict) -> dict:
         text=True,
         env=_env(),
     )
-    log = (
-        [json.loads(line) for line in (work / "run" / "log.jsonl").open()]
-        if (work / "run" / "log.jsonl").is_file()
-        else []
-    )
+    from nmt import runlog
+
+    log = runlog.read(work / "run")
     return {
         "backend": "nccl" if torch.cuda.is_available() else "gloo",
         "exit_code": out.returncode,
@@ -497,10 +496,11 @@ def _partial(ctx: dict, name: str, result: dict) -> None:
 
 def _log_summary(run_dir: Path) -> dict:
     """The training log's last validation and its end record, if any."""
-    path = run_dir / "log.jsonl"
-    if not path.is_file():
+    from nmt import runlog
+
+    log = runlog.read(run_dir)
+    if not log:
         return {}
-    log = [json.loads(line) for line in path.open()]
     valid = [r for r in log if r["kind"] == "valid"]
     steps = [r for r in log if r["kind"] == "train"]
     return {

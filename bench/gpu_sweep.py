@@ -94,8 +94,9 @@ def run_variant(
 
 
 def _results(run_dir: Path, seconds: float) -> dict:
-    path = run_dir / "log.jsonl"
-    log = [json.loads(line) for line in path.open()] if path.is_file() else []
+    from nmt import runlog
+
+    log = runlog.read(run_dir)
     valid = [r for r in log if r["kind"] == "valid"]
     end = next((r for r in reversed(log) if r["kind"] == "end"), None)
     best = max(valid, key=lambda r: r["valid_bleu"], default=None)

@@ -16,17 +16,16 @@ Needs matplotlib (`pip install 'nmt[plot]'`).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from nmt import runlog
 
 
 def _curve(run: Path) -> tuple[list[float], list[int], list[float], dict | None]:
     """A run folder's log.jsonl, or a log file itself (docs/logs/ keeps those of the measured
     runs, since run folders do not outlive the machine they ran on)."""
     minutes, steps, bleu, averaged = [], [], [], None
-    log = run if run.is_file() else run / "log.jsonl"
-    for line in log.read_text().splitlines():
-        record = json.loads(line)
+    for record in runlog.read(run):
         if record["kind"] == "valid" and "elapsed" in record:
             minutes.append(record["elapsed"] / 60)
             steps.append(record["step"])

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from nmt.errors import NmtError
 
+LOG = "log.jsonl"  # in the run folder
+
 # The numbers of log.jsonl that TensorBoard shows, by record kind.
 _SCALARS = {
     "train": ("loss", "lr", "tgt_tokens_per_s"),
@@ -47,3 +49,13 @@ class JsonlLog:
             self.file.close()
         if self.board is not None:
             self.board.close()
+
+
+def read(run_or_log: Path, kind: str | None = None) -> list[dict]:
+    """The records of a run folder's log (or of a log file given itself), of one kind or all;
+    none where there is no log yet."""
+    path = run_or_log if run_or_log.is_file() else run_or_log / LOG
+    if not path.is_file():
+        return []
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    return [r for r in records if kind is None or r["kind"] == kind]

@@ -26,7 +26,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from nmt import budget, checkpoint, config, distributed, lock, schedule
+from nmt import budget, checkpoint, config, distributed, lock, runlog, schedule
 from nmt.config import Recipe, TrainConfig
 from nmt.data import Batch, ParallelDataset, Prepared, SubwordSampler, collate, token_batches
 from nmt.device import Precision, autocast, resolve_device, resolve_precision, reuse_freed_memory
@@ -448,7 +448,7 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
         if not run.resumed:
             _remove_old_results(run.run_dir)
     events = JsonlLog(
-        run.run_dir / "log.jsonl" if main else None,
+        run.run_dir / runlog.LOG if main else None,
         run.run_dir / "tensorboard" if main and cfg.tensorboard else None,
     )
     if world.active:
@@ -612,7 +612,7 @@ def _remove_old_results(run_dir: Path) -> None:
     """A run started afresh (or with --force) must not average or select another run's files."""
     for old in checkpoint.step_checkpoints(run_dir):
         old.unlink()
-    for name in ("log.jsonl", checkpoint.AVERAGED, checkpoint.SELECTED):
+    for name in (runlog.LOG, checkpoint.AVERAGED, checkpoint.SELECTED):
         (run_dir / name).unlink(missing_ok=True)
 
 

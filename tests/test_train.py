@@ -222,3 +222,21 @@ def test_prefetched_batches_keep_order_and_raise_the_producer_s_error():
     items = _prefetched(iter(range(10_000)), depth=2)
     assert next(items) == 0
     items.close()
+
+
+def test_the_run_log_reads_back_what_was_written(tmp_path):
+    from nmt import runlog
+
+    written = [
+        {"kind": "start", "step": 0},
+        {"kind": "train", "step": 5, "loss": 2.5},
+        {"kind": "valid", "step": 5, "valid_bleu": 1.25},
+        {"kind": "end", "steps": 5},
+    ]
+    log = runlog.JsonlLog(tmp_path / runlog.LOG)
+    for record in written:
+        log.write(**record)
+    log.close()
+    assert runlog.read(tmp_path) == written  # a run folder
+    assert runlog.read(tmp_path / runlog.LOG, "valid") == [written[2]]  # the log file itself
+    assert runlog.read(tmp_path / "not_yet_started") == []
