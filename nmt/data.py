@@ -377,8 +377,11 @@ class TokenArray:
         self.lengths = lengths.to(torch.int32)
         return self
 
-    def sequences(self) -> list[list[int]]:
-        return [t.tolist() for t in torch.split(self.tokens, self.lengths.tolist())]
+    def sequences(self, start: int = 0, stop: int | None = None) -> list[list[int]]:
+        """Sentences start..stop as lists of ids."""
+        lengths = self.lengths[start:stop]
+        first, last = int(self.offsets[start]), int(self.offsets[start + len(lengths)])
+        return [t.tolist() for t in torch.split(self.tokens[first:last], lengths.tolist())]
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -421,7 +424,8 @@ class SubwordSampler:
     """Subword regularisation: each epoch's training pairs segmented anew by sampling from the
     tokenizers (`Tokenizer.sample`), starting from the text that the stored ids decode to, so
     the prepared data needs nothing more. A pair keeps its stored ids where a side holds an
-    unknown piece (its text is lost) or a sampled side exceeds `max_len` (the length filter)."""
+    unknown piece (its text is lost) or a sampled side exceeds `max_len` (the length filter).
+    Only the text is held in memory, decoded a chunk at a time."""
 
     def __init__(
         self,
@@ -433,23 +437,25 @@ class SubwordSampler:
         max_len: int,
     ) -> None:
         self.data, self.alpha, self.nbest, self.max_len = data, alpha, nbest, max_len
-        self.sides = []
-        for array_, tok in ((data.src, src_tok), (data.tgt, tgt_tok)):
-            ids = array_.sequences()
-            self.sides.append((tok, tok.decode(ids), ids))
+        self.toks = (src_tok, tgt_tok)
+        self.texts: tuple[list[str], list[str]] = ([], [])
+        self.keep = torch.zeros(len(data), dtype=torch.bool)  # pairs left as stored
+        for side, (array_, tok) in enumerate(((data.src, src_tok), (data.tgt, tgt_tok))):
+            for start in range(0, len(array_), ENCODE_CHUNK):
+                ids = array_.sequences(start, start + ENCODE_CHUNK)
+                self.texts[side].extend(tok.decode(ids))
+                unknown = [i for i, x in enumerate(ids, start) if UNK in x]
+                self.keep[unknown] = True
 
     def epoch(self, seed: int) -> ParallelDataset:
-        (src_tok, src_text, src_ids), (tgt_tok, tgt_text, tgt_ids) = self.sides
-        src = src_tok.sample(src_text, self.alpha, self.nbest, seed)
-        tgt = tgt_tok.sample(tgt_text, self.alpha, self.nbest, seed + 1)
+        src, tgt = (
+            tok.sample(text, self.alpha, self.nbest, seed + side)
+            for side, (tok, text) in enumerate(zip(self.toks, self.texts))
+        )
+        keep = self.keep.tolist()
         for i, (s, t) in enumerate(zip(src, tgt)):
-            if (
-                len(s) > self.max_len
-                or len(t) > self.max_len
-                or UNK in src_ids[i]
-                or UNK in tgt_ids[i]
-            ):
-                src[i], tgt[i] = src_ids[i], tgt_ids[i]
+            if len(s) > self.max_len or len(t) > self.max_len or keep[i]:
+                src[i], tgt[i] = self.data.src[i].tolist(), self.data.tgt[i].tolist()
         return ParallelDataset(TokenArray.from_sequences(src), TokenArray.from_sequences(tgt))
 
 
