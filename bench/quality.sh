@@ -88,13 +88,14 @@ EOF
     python - "$run" "${members[0]}" "$test_path.$tgt" "$label" "$wall_s" "$train_s" "$tune_s" "$translate_s" >> "$table" <<'EOF'
 import datetime, json, sys
 from pathlib import Path
+from nmt import runlog
 from nmt.files import read_lines
 from nmt.score import score_lines
 # With an ensemble the steps, speed and validation figures are the first member's.
 run, first, ref, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 wall_s, train_s, tune_s, translate_s = sys.argv[5:9]
-logs = [json.loads(line) for line in (first / "log.jsonl").read_text().splitlines()]
-end = [r for r in logs if r.get("kind") == "end"][-1]
+logs = runlog.read(first)
+end = [r for r in logs if r["kind"] == "end"][-1]
 train_s = float(train_s) if train_s else end["seconds"]
 params = next((r["parameters"] for r in logs if "parameters" in r), "")
 device = next((r["device"] for r in logs if "device" in r), "")

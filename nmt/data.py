@@ -439,22 +439,20 @@ class SubwordSampler:
         self.data, self.alpha, self.nbest, self.max_len = data, alpha, nbest, max_len
         self.toks = (src_tok, tgt_tok)
         self.texts: tuple[list[str], list[str]] = ([], [])
-        self.keep = torch.zeros(len(data), dtype=torch.bool)  # pairs left as stored
+        self.unknown: set[int] = set()  # pairs with an unknown piece: left as stored
         for side, (array_, tok) in enumerate(((data.src, src_tok), (data.tgt, tgt_tok))):
             for start in range(0, len(array_), ENCODE_CHUNK):
                 ids = array_.sequences(start, start + ENCODE_CHUNK)
                 self.texts[side].extend(tok.decode(ids))
-                unknown = [i for i, x in enumerate(ids, start) if UNK in x]
-                self.keep[unknown] = True
+                self.unknown.update(i for i, x in enumerate(ids, start) if UNK in x)
 
     def epoch(self, seed: int) -> ParallelDataset:
         src, tgt = (
             tok.sample(text, self.alpha, self.nbest, seed + side)
             for side, (tok, text) in enumerate(zip(self.toks, self.texts))
         )
-        keep = self.keep.tolist()
         for i, (s, t) in enumerate(zip(src, tgt)):
-            if len(s) > self.max_len or len(t) > self.max_len or keep[i]:
+            if len(s) > self.max_len or len(t) > self.max_len or i in self.unknown:
                 src[i], tgt[i] = self.data.src[i].tolist(), self.data.tgt[i].tolist()
         return ParallelDataset(TokenArray.from_sequences(src), TokenArray.from_sequences(tgt))
 

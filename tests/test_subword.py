@@ -78,7 +78,7 @@ def test_bpe_dropout_only_splits_further(bpe_prepared):
 def test_a_run_that_samples_resumes_exactly_across_epochs(tmp_path, small_corpus):
     """Stopped in its second epoch and resumed, the run's per-step losses are those of a run
     never stopped: the resumed epoch is sampled again, the same way."""
-    # Large batches make epochs of a few updates, so 12 updates span several epochs.
+    # Large batches make epochs of a few updates, so 10 updates span several epochs.
     values = {"max_tokens": 16384, "subword_alpha": 0.3, "max_steps": 10, "valid_every": 5}
     prep = tmp_path / "prepared"
     for name in ("p", "whole", "split", "plain"):
