@@ -52,6 +52,27 @@ VARIANTS = {
     "ff512": ["model.ff_dim=512"],
     "d192": ["model.d_model=192", "model.ff_dim=384"],
     "batch8k": ["train.max_tokens=8192"],
+    "vocab12k": ["tokenizer.vocab_size=12000"],
+    "vocab16k": ["tokenizer.vocab_size=16000"],
+    "postnorm": ["model.norm=post"],
+    # subword regularisation: each epoch's pairs segmented anew (unigram sampling)
+    "alpha0.5": ["train.subword_alpha=0.5"],
+    "alpha0.3": ["train.subword_alpha=0.3"],
+    "alpha0.2": ["train.subword_alpha=0.2"],
+    "alpha0.3seed2": ["train.subword_alpha=0.3", "seed=2"],
+    "alpha0.3dropout0.2": ["train.subword_alpha=0.3", "model.dropout=0.2"],
+    "alpha0.3dropout0.2seed2": ["train.subword_alpha=0.3", "model.dropout=0.2", "seed=2"],
+    "alpha0.5dropout0.2": ["train.subword_alpha=0.5", "model.dropout=0.2"],
+    "alpha0.3dropout0.1": ["train.subword_alpha=0.3", "model.dropout=0.1"],
+    "vocab16k_alpha0.3dropout0.2": [
+        "tokenizer.vocab_size=16000", "train.subword_alpha=0.3", "model.dropout=0.2"
+    ],
+    "vocab16k_alpha0.3dropout0.2seed2": [
+        "tokenizer.vocab_size=16000", "train.subword_alpha=0.3", "model.dropout=0.2", "seed=2"
+    ],
+    "vocab16k_alpha0.5dropout0.2": [
+        "tokenizer.vocab_size=16000", "train.subword_alpha=0.5", "model.dropout=0.2"
+    ],
 }
 SMOKE_VARIANTS = {"baseline": [], "dropout0.1": ["model.dropout=0.1"]}
 
