@@ -39,7 +39,7 @@ VARIANTS = {
     "baseline": [],
     "seed2": ["seed=2"],
     "seed3": ["seed=3"],
-    "vocab8k": ["tokenizer.vocab_size=8000"],
+    "vocab4k": ["tokenizer.vocab_size=4000"],
     "vocab2k": ["tokenizer.vocab_size=2000"],
     "dropout0.2": ["model.dropout=0.2"],
     "dropout0.4": ["model.dropout=0.4"],
@@ -65,13 +65,20 @@ VARIANTS = {
     "alpha0.5dropout0.2": ["train.subword_alpha=0.5", "model.dropout=0.2"],
     "alpha0.3dropout0.1": ["train.subword_alpha=0.3", "model.dropout=0.1"],
     "vocab16k_alpha0.3dropout0.2": [
-        "tokenizer.vocab_size=16000", "train.subword_alpha=0.3", "model.dropout=0.2"
+        "tokenizer.vocab_size=16000",
+        "train.subword_alpha=0.3",
+        "model.dropout=0.2",
     ],
     "vocab16k_alpha0.3dropout0.2seed2": [
-        "tokenizer.vocab_size=16000", "train.subword_alpha=0.3", "model.dropout=0.2", "seed=2"
+        "tokenizer.vocab_size=16000",
+        "train.subword_alpha=0.3",
+        "model.dropout=0.2",
+        "seed=2",
     ],
     "vocab16k_alpha0.5dropout0.2": [
-        "tokenizer.vocab_size=16000", "train.subword_alpha=0.5", "model.dropout=0.2"
+        "tokenizer.vocab_size=16000",
+        "train.subword_alpha=0.5",
+        "model.dropout=0.2",
     ],
 }
 SMOKE_VARIANTS = {"baseline": [], "dropout0.1": ["model.dropout=0.1"]}

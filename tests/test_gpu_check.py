@@ -8,6 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from nmt import config
+from nmt.errors import NmtError
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,3 +68,16 @@ def test_the_gpu_sweep_trains_every_variant_in_smoke_mode(tmp_path):
         assert [step for step, _ in row["curve"]] == [10, 20]
     assert rows[1]["overrides"] == ["model.dropout=0.1"]
     assert (tmp_path / "sweep.tsv").read_text().count("\n") == 3
+
+
+def test_every_sweep_variant_is_a_valid_override_that_changes_the_recipe():
+    # A misspelt key would only show on the GPU, minutes into a loan: check them all here.
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_sweep
+
+    baseline = config.to_dict(config.load(gpu_sweep.RECIPE))
+    for name, overrides in gpu_sweep.VARIANTS.items():
+        variant = config.to_dict(config.load(gpu_sweep.RECIPE, overrides))
+        assert (variant != baseline) == bool(overrides), name
+    with pytest.raises(NmtError, match="nrom"):
+        config.load(gpu_sweep.RECIPE, ["model.nrom=post"])
