@@ -51,9 +51,10 @@ class JsonlLog:
             self.board.close()
 
 
-def read(run_or_log: Path, kind: str | None = None) -> list[dict]:
+def read(run_or_log: str | Path, kind: str | None = None) -> list[dict]:
     """The records of a run folder's log (or of a log file given itself), of one kind or all;
     none where there is no log yet."""
+    run_or_log = Path(run_or_log)
     path = run_or_log if run_or_log.is_file() else run_or_log / LOG
     if not path.is_file():
         return []

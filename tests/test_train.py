@@ -240,3 +240,4 @@ def test_the_run_log_reads_back_what_was_written(tmp_path):
     assert runlog.read(tmp_path) == written  # a run folder
     assert runlog.read(tmp_path / runlog.LOG, "valid") == [written[2]]  # the log file itself
     assert runlog.read(tmp_path / "not_yet_started") == []
+    assert runlog.read(str(tmp_path)) == written  # a path given as text, as a user types it
