@@ -70,9 +70,9 @@ def test_the_gpu_sweep_trains_every_variant_in_smoke_mode(tmp_path):
     assert (tmp_path / "sweep.tsv").read_text().count("\n") == 3
 
 
-def test_every_sweep_variant_is_a_valid_override_that_changes_the_recipe():
+def test_every_sweep_variant_is_a_valid_override_that_changes_the_recipe(monkeypatch):
     # A misspelt key would only show on the GPU, minutes into a loan: check them all here.
-    sys.path.insert(0, str(ROOT / "bench"))
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
     import gpu_sweep
 
     baseline = config.to_dict(config.load(gpu_sweep.RECIPE))
