@@ -324,16 +324,16 @@ def test_bahdanau_chunked_equals_unchunked_outputs_and_gradients(
     grad_out = torch.randn(B, L, D_MODEL)
     out_whole, grads_whole = _bahdanau_run(whole, query, memory, kpm, causal, grad_out)
     calls = []
-    original = attention_module._additive_hidden
+    original = attention_module._additive_gate
     monkeypatch.setattr(
         attention_module,
-        "_additive_hidden",
+        "_additive_gate",
         lambda q, k: (calls.append(q.shape[2]), original(q, k))[1],
     )
     out_chunked, grads_chunked = _bahdanau_run(chunked, query, memory, kpm, causal, grad_out)
 
     # The chunked path really ran in chunks of `chunk_queries` query positions, in the forward
-    # pass and again in the backward pass (which recomputes the tanh).
+    # pass and again in the backward pass (which recomputes the gate).
     sizes = [chunk_queries] * (L // chunk_queries) + (
         [L % chunk_queries] if L % chunk_queries else []
     )

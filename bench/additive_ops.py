@@ -1,0 +1,107 @@
+"""Bahdanau's additive scores on the CPU, timed in their alternatives: the measurements behind
+`_AdditiveScores` in nmt/attention.py (docs/BENCHMARKS.md, "Bahdanau's additive scores").
+
+    OMP_NUM_THREADS=1 python bench/additive_ops.py --rows 4480 --keys 18
+
+Each pair runs interleaved (A, B, A, B, ...) so that a busy machine slows both alike; the median
+of --calls calls is printed with the ratio and the largest difference between their results.
+Shapes are those of a training step's cross-attention: rows = sentences x target positions
+(split into --batch sentences), 4 heads of 32 (d_model 128), --keys source positions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from nmt.attention import _AdditiveScores
+from nmt.device import reuse_freed_memory
+
+
+def _ms(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def compare(name: str, a, b, calls: int, same: bool = True) -> None:
+    """Times a against b; `same`: they compute the same values, so print how far apart."""
+    for _ in range(2):  # warm-up: the heap grows to its peak once
+        a(), b()
+    ta, tb = [], []
+    for _ in range(calls):
+        ta.append(_ms(a))
+        tb.append(_ms(b))
+    ma, mb = statistics.median(ta), statistics.median(tb)
+    line = f"{name:58s} {ma:8.1f} ms {mb:8.1f} ms  A/B {ma / mb:5.2f}"
+    if same:
+        line += f"  max |A-B| {(a().float() - b().float()).abs().max().item():.1e}"
+    print(line)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=4480, help="query positions in all")
+    parser.add_argument("--batch", type=int, default=160, help="sentences")
+    parser.add_argument("--keys", type=int, default=18, help="key positions")
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=32)
+    parser.add_argument("--calls", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # as `nmt train` does: large blocks are reused, not faulted in again
+    torch.manual_seed(0)
+    B, H, D, S = args.batch, args.heads, args.head_dim, args.keys
+    L = args.rows // B
+    print(f"# torch {torch.__version__}, {args.threads} thread(s), {B} x {L} queries, {S} keys,")
+    print(f"# {H} heads x {D}: {B * H * L * S * D / 1e6:.1f}M (query, key, feature) values")
+    print(f"# {'A against B':56s} {'A':>11s} {'B':>11s}")
+
+    x = torch.randn(B, H, L, S, D)
+    out = torch.empty_like(x)
+    compare(
+        "tanh(x) / sigmoid(x), one pass each",
+        lambda: torch.tanh(x, out=out),
+        lambda: torch.sigmoid(x, out=out),
+        args.calls,
+        same=False,
+    )
+    compare(
+        "tanh(x) / 2 sigmoid(2x) - 1 (the same values)",
+        lambda: torch.tanh(x),
+        lambda: torch.sigmoid(x * 2).mul_(2).sub_(1),
+        args.calls,
+    )
+
+    q = torch.randn(B, H, L, D, requires_grad=True)
+    k = torch.randn(B, H, S, D, requires_grad=True)
+    v = torch.randn(H, D, requires_grad=True)
+    grad = torch.randn(B, H, L, S)
+    step = max(1, (1 << 24) // (B * H * S * D))  # BahdanauAttention's chunk of 64 MiB
+
+    def autograd_tanh():
+        scores = (torch.tanh(q.unsqueeze(3) + k.unsqueeze(2)) @ v.view(1, H, 1, D, 1))[..., 0]
+        return _grads(scores)
+
+    def additive_scores():
+        return _grads(_AdditiveScores.apply(q, k, v, step))
+
+    def _grads(scores):
+        q.grad = k.grad = v.grad = None
+        scores.backward(grad)
+        return torch.cat([scores.detach().flatten(), q.grad.flatten(), k.grad.flatten()])
+
+    compare(
+        "scores forward + backward: autograd tanh / _AdditiveScores",
+        autograd_tanh,
+        additive_scores,
+        args.calls,
+    )
+
+
+if __name__ == "__main__":
+    main()
