@@ -439,7 +439,8 @@ def _load_pretrained(model: torch.nn.Module, recipe: Recipe, prepared: Prepared)
 # -- the loop ---------------------------------------------------------------------------------
 
 
-def _loop(run: Run, show_progress: bool) -> TrainResult:
+def _open_run(run: Run) -> JsonlLog:
+    """The run folder with its recipe, and its event log opened with a start (or resume) record."""
     cfg, state, world = run.recipe.train, run.state, run.world
     main = world.is_main
     run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -468,10 +469,48 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
         precision=run.trainer.precision,
         train_pairs=len(run.train_data),
     )
+    return events
+
+
+class _Window:
+    """The loss and target tokens of the updates since the last log record, and this session's
+    training seconds and tokens, for tokens/s (validation time is not training time)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.loss = torch.zeros((), device=device)  # summed on the device: no sync per update
+        self.tokens = 0
+        self.start = time.perf_counter()
+        self.seconds = 0.0  # of the windows closed so far
+        self.all_tokens = 0
+
+    def add(self, update: Update) -> None:
+        self.loss += update.loss
+        self.tokens += update.tokens
+
+    def close(self) -> tuple[float, int, float]:
+        """Ends the window and starts the next: its (summed loss, tokens, seconds)."""
+        elapsed = time.perf_counter() - self.start
+        self.seconds += elapsed
+        self.all_tokens += self.tokens
+        closed = (self.loss.item(), self.tokens, elapsed)
+        self.loss.zero_()
+        self.tokens, self.start = 0, time.perf_counter()
+        return closed
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        pause = time.perf_counter()
+        yield
+        self.start += time.perf_counter() - pause
+
+
+def _loop(run: Run, show_progress: bool) -> TrainResult:
+    cfg, state, world = run.recipe.train, run.state, run.world
+    main = world.is_main
+    events = _open_run(run)
     max_seconds = cfg.max_seconds
     started = time.perf_counter() - state.seconds  # the clock of the whole run, over resumes
-    train_seconds, train_tokens = 0.0, 0  # this session's updates, for tokens/s
-    # (step, train_seconds) at each log window of this session's warm-up: the pace that
+    # (step, training seconds) at each log window of this session's warm-up: the pace that
     # train.max_time's fit extrapolates.
     paces = [(state.step, 0.0)]
     last_validation: Validation | None = None
@@ -490,8 +529,7 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
     with _progress(show_progress) as bar, _StopOnSignal(interrupted):
         task = bar.add_task("training", total=state.schedule_end or cfg.max_steps, info="")
         bar.update(task, completed=state.step)
-        window_loss = torch.zeros((), device=run.trainer.device)
-        window_tokens, window_start = 0, time.perf_counter()
+        window = _Window(run.trainer.device)
         # A resumed run first finishes the epoch it was in, from where it stopped.
         continue_epoch = run.resumed and state.epoch > 0
         stop = False
@@ -519,24 +557,19 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
                     state.nonfinite_skipped += 1
                 elif update.skipped == "oom":
                     state.oom_skipped += 1
-                window_loss += update.loss
-                window_tokens += update.tokens
+                window.add(update)
                 if state.step % cfg.log_every == 0:
-                    elapsed = time.perf_counter() - window_start
-                    train_seconds += elapsed
-                    train_tokens += window_tokens
+                    window_loss, window_tokens, elapsed = window.close()
                     if state.step <= cfg.warmup_steps:
-                        paces.append((state.step, train_seconds))
+                        paces.append((state.step, window.seconds))
                         if len(paces) == 3 and budget.fits_schedule_to_time(cfg, state):
                             # The second log window's pace: the first has the start-up in it.
                             pace = budget.update_seconds(paces[1:], 0)
-                            elapsed = time.perf_counter() - started
-                            advice = budget.warmup_advice(cfg, state.step, elapsed, pace)
+                            so_far = time.perf_counter() - started
+                            advice = budget.warmup_advice(cfg, state.step, so_far, pace)
                             if advice:
                                 log.warning(advice)
-                    [loss_total] = distributed.all_sum(
-                        [window_loss.item()], world, run.trainer.device
-                    )
+                    [loss_total] = distributed.all_sum([window_loss], world, run.trainer.device)
                     record = {
                         "step": state.step,
                         "epoch": state.epoch,
@@ -554,13 +587,10 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
                             f"lr {record['lr']:.2e} {record['tgt_tokens_per_s']:.0f} tok/s"
                         ),
                     )
-                    window_loss.zero_()
-                    window_tokens, window_start = 0, time.perf_counter()
                 bar.update(task, completed=state.step)
                 if state.step % cfg.valid_every == 0:
-                    pause = time.perf_counter()
-                    stopped_early = validate_now()
-                    window_start += time.perf_counter() - pause  # validation is not training
+                    with window.paused():
+                        stopped_early = validate_now()
                 if state.step == cfg.warmup_steps and budget.fits_schedule_to_time(cfg, state):
                     state.schedule_end = budget.fit_schedule_end(
                         run,
@@ -579,9 +609,8 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
                 stop = bool(interrupted) or stopped_early or out_of_time
                 if stop or state.step >= cfg.max_steps:
                     break
-        if window_tokens:
-            train_seconds += time.perf_counter() - window_start
-            train_tokens += window_tokens
+        if window.tokens:
+            window.close()
         if out_of_time:
             log.info(f"train.max_time ({cfg.max_time}) reached at step {state.step}")
         if state.step % cfg.valid_every != 0 and not interrupted:
@@ -596,7 +625,7 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
         best_bleu=state.best_bleu,
         last_bleu=state.last_bleu,
         seconds=state.seconds,
-        tokens_per_second=train_tokens / train_seconds if train_seconds else 0.0,
+        tokens_per_second=window.all_tokens / window.seconds if window.seconds else 0.0,
         stopped_early=stopped_early,
         interrupted=interrupted[0] if interrupted else None,
         out_of_time=out_of_time,

@@ -4,6 +4,8 @@ an exact resume of a run the budget stopped."""
 from __future__ import annotations
 
 import json
+import statistics
+from types import SimpleNamespace
 
 import pytest
 from conftest import tiny_recipe
@@ -60,6 +62,42 @@ def test_budget_stops_the_run_and_the_decay_ends_inside_it(tmp_path, small_corpu
     # A resume is refused: the budget is spent.
     with pytest.raises(NmtError, match=r"has used its train\.max_time .* raise train\.max_time"):
         train.train(recipe, progress=False)
+
+
+def test_logged_tokens_per_second_time_each_window_alone(
+    tmp_path, small_corpus, prepared, monkeypatch
+):
+    """Each train record's rate is its own window's tokens over its own seconds, the third one
+    too, where fitting the decay to the budget reads the run's clock (it once overwrote the
+    window's seconds with the whole run's there). The loop's clock is made a counter, one second
+    a reading, so every window of one update lasts the same two readings."""
+    readings = iter(range(1_000_000))
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
+    recipe = config.from_dict(
+        tiny_recipe(
+            small_corpus,
+            tmp_path / "run",
+            data={"prepared_dir": str(prepared)},
+            train={
+                "max_time": "1h",
+                "schedule": "cosine",
+                "warmup_steps": 8,
+                "max_steps": 12,
+                "valid_every": 100,
+                "log_every": 1,
+                "max_tokens": 512,
+                "threads": 1,
+            },
+        )
+    )
+    train.train(recipe, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
+    rates = {r["step"]: r["tgt_tokens_per_s"] for r in records if r["kind"] == "train"}
+    assert sorted(rates) == list(range(1, 13))
+    # 512-token batches of a small corpus differ in their tokens, not by a factor of 2.
+    typical = statistics.median(rates.values())
+    for step, rate in rates.items():
+        assert typical / 2 < rate < typical * 2, (step, rate, typical)
 
 
 def test_run_stopped_by_the_budget_resumes_exactly(tmp_path, small_corpus, prepared):
