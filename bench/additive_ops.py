@@ -4,7 +4,8 @@
     OMP_NUM_THREADS=1 python bench/additive_ops.py --rows 4480 --keys 18
 
 Each pair runs interleaved (A, B, A, B, ...) so that a busy machine slows both alike; the median
-of --calls calls is printed with the ratio and the largest difference between their results.
+of --calls calls is printed with the ratio and the largest difference between their results
+(`compare` of bench/decode_ops.py).
 Shapes are those of a training step's cross-attention: rows = sentences x target positions
 (split into --batch sentences), 4 heads of 32 (d_model 128), --keys source positions.
 """
@@ -12,34 +13,13 @@ Shapes are those of a training step's cross-attention: rows = sentences x target
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import functools
 
+import decode_ops
 import torch
 
 from nmt.attention import _AdditiveScores
 from nmt.device import reuse_freed_memory
-
-
-def _ms(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
-
-
-def compare(name: str, a, b, calls: int, same: bool = True) -> None:
-    """Times a against b; `same`: they compute the same values, so print how far apart."""
-    for _ in range(2):  # warm-up: the heap grows to its peak once
-        a(), b()
-    ta, tb = [], []
-    for _ in range(calls):
-        ta.append(_ms(a))
-        tb.append(_ms(b))
-    ma, mb = statistics.median(ta), statistics.median(tb)
-    line = f"{name:58s} {ma:8.1f} ms {mb:8.1f} ms  A/B {ma / mb:5.2f}"
-    if same:
-        line += f"  max |A-B| {(a().float() - b().float()).abs().max().item():.1e}"
-    print(line)
 
 
 def main() -> None:
@@ -60,6 +40,8 @@ def main() -> None:
     print(f"# torch {torch.__version__}, {args.threads} thread(s), {B} x {L} queries, {S} keys,")
     print(f"# {H} heads x {D}: {B * H * L * S * D / 1e6:.1f}M (query, key, feature) values")
     print(f"# {'A against B':56s} {'A':>11s} {'B':>11s}")
+    # Two warm-up calls: the heap grows to its peak once.
+    compare = functools.partial(decode_ops.compare, calls=args.calls, warmup=2)
 
     x = torch.randn(B, H, L, S, D)
     out = torch.empty_like(x)
@@ -67,14 +49,12 @@ def main() -> None:
         "tanh(x) / sigmoid(x), one pass each",
         lambda: torch.tanh(x, out=out),
         lambda: torch.sigmoid(x, out=out),
-        args.calls,
         same=False,
     )
     compare(
         "tanh(x) / 2 sigmoid(2x) - 1 (the same values)",
         lambda: torch.tanh(x),
         lambda: torch.sigmoid(x * 2).mul_(2).sub_(1),
-        args.calls,
     )
 
     q = torch.randn(B, H, L, D, requires_grad=True)
@@ -99,7 +79,6 @@ def main() -> None:
         "scores forward + backward: autograd tanh / _AdditiveScores",
         autograd_tanh,
         additive_scores,
-        args.calls,
     )
 
 

@@ -23,27 +23,30 @@ def prepared(tmp_path_factory, small_corpus):
     return recipe.prepared_dir
 
 
+def _cosine_to_budget(folder, corpus, prepared, **train_values) -> config.Recipe:
+    """A tiny recipe with a cosine decay that train.max_time fits, logging every update."""
+    train_values = {"schedule": "cosine", "log_every": 1, "threads": 1, **train_values}
+    return config.from_dict(
+        tiny_recipe(
+            corpus, folder / "run", data={"prepared_dir": str(prepared)}, train=train_values
+        )
+    )
+
+
 def test_budget_stops_the_run_and_the_decay_ends_inside_it(tmp_path, small_corpus, prepared):
     budget = 6.0
-    recipe = config.from_dict(
-        tiny_recipe(
-            small_corpus,
-            tmp_path / "run",
-            data={"prepared_dir": str(prepared)},
-            train={
-                "max_time": f"{budget}s",
-                "schedule": "cosine",
-                "min_lr": 1e-5,
-                # The decay's end is fitted when the warm-up ends, from the time of an update
-                # and of the last validation: let one validation come first, as in real recipes.
-                "warmup_steps": 20,
-                "max_steps": 100_000,
-                "valid_every": 20,
-                "log_every": 1,
-                "average_last": 2,
-                "threads": 1,
-            },
-        )
+    recipe = _cosine_to_budget(
+        tmp_path,
+        small_corpus,
+        prepared,
+        max_time=f"{budget}s",
+        min_lr=1e-5,
+        # The decay's end is fitted when the warm-up ends, from the time of an update and of
+        # the last validation: let one validation come first, as in real recipes.
+        warmup_steps=20,
+        max_steps=100_000,
+        valid_every=20,
+        average_last=2,
     )
     result = train.train(recipe, progress=False)
     assert result.out_of_time and not result.interrupted
@@ -73,22 +76,15 @@ def test_logged_tokens_per_second_time_each_window_alone(
     a reading, so every window of one update lasts the same two readings."""
     readings = iter(range(1_000_000))
     monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: float(next(readings))))
-    recipe = config.from_dict(
-        tiny_recipe(
-            small_corpus,
-            tmp_path / "run",
-            data={"prepared_dir": str(prepared)},
-            train={
-                "max_time": "1h",
-                "schedule": "cosine",
-                "warmup_steps": 8,
-                "max_steps": 12,
-                "valid_every": 100,
-                "log_every": 1,
-                "max_tokens": 512,
-                "threads": 1,
-            },
-        )
+    recipe = _cosine_to_budget(
+        tmp_path,
+        small_corpus,
+        prepared,
+        max_time="1h",
+        warmup_steps=8,
+        max_steps=12,
+        valid_every=100,
+        max_tokens=512,
     )
     train.train(recipe, progress=False)
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
