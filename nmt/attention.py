@@ -224,7 +224,7 @@ class _AdditiveScores(torch.autograd.Function):
     """scores[b, h, l, s] = v_h · tanh(q[b, h, l] + k[b, h, s]), computed `step` queries at a time.
 
     tanh(x) = 2σ(2x) − 1, so a score is 2 v_h · σ(2q + 2k) − Σ v_h, and the derivative of the
-    tanh, 1 − tanh², is 4σ(1 − σ). Only q, k and v are kept for the backward pass, which
+    tanh, 1 − tanh², is 4σ(1 − σ). Only 2q, 2k and v are kept for the backward pass, which
     recomputes each chunk's σ and differentiates it by hand, so memory holds one chunk of
     B·H·step·S·Dh values at a time in both passes (autograd would keep every chunk, or,
     checkpointed, rebuild each chunk's graph).
@@ -243,20 +243,19 @@ class _AdditiveScores(torch.autograd.Function):
             flat = gate.view(b, h, rows * n_keys, dh) @ v_col  # (B, H, rows·S, 1)
             scores[:, :, start : start + rows] = flat.view(b, h, rows, n_keys)
         scores -= v.sum(1).view(1, h, 1, 1)
-        ctx.save_for_backward(q, k, v)
+        ctx.save_for_backward(q2, k2, v)  # the backward pass reads only the doubled inputs
         ctx.step = step
         return scores
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ANN001
-        q, k, v = ctx.saved_tensors
-        b, h, length, dh = q.shape
-        n_keys = k.shape[2]
+        q2, k2, v = ctx.saved_tensors
+        b, h, length, dh = q2.shape
+        n_keys = k2.shape[2]
         grad = grad.contiguous()
-        q2, k2 = q * 2, k * 2
-        dq = torch.empty_like(q)
-        dk = torch.zeros_like(k)
-        g_sigma = torch.zeros(b, h, 1, dh, dtype=q.dtype, device=q.device)
+        dq = torch.empty_like(q2)
+        dk = torch.zeros_like(k2)
+        g_sigma = torch.zeros(b, h, 1, dh, dtype=q2.dtype, device=q2.device)
         for start in range(0, length, ctx.step):
             gate = _additive_gate(q2[:, :, start : start + ctx.step], k2)
             rows = gate.shape[2]
