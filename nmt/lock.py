@@ -63,11 +63,17 @@ def hold(folder: Path, what: str) -> Iterator[None]:
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # closing the descriptor releases the lock
-        if created and not succeeded and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
-            # A failure before anything was written leaves no folder behind.
-            (folder / LOCK_NAME).unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        if created and not succeeded:
+            _remove_if_only_the_lock(folder)
+
+
+def _remove_if_only_the_lock(folder: Path) -> None:
+    """A failure before anything was written leaves no folder behind. Quietly, whatever the
+    folder's state (even removed meanwhile): the failure being raised is the one to report."""
+    with contextlib.suppress(OSError):
+        if [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            (folder / LOCK_NAME).unlink()
+            folder.rmdir()
 
 
 def hold_if_run_folder(folder: Path, what: str) -> contextlib.AbstractContextManager:

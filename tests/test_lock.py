@@ -8,11 +8,13 @@ import json
 import os
 import signal
 
+import pytest
 from conftest import tiny_recipe, write_recipe
 from test_cli import assert_user_error, nmt
 from test_resume import nmt_train, step_losses, wait_for_step
 
 from nmt import config, data, lock
+from nmt.errors import NmtError
 
 
 def _recipe(tmp_path, small_corpus, **train):
@@ -96,3 +98,15 @@ def test_preprocess_average_and_translate_into_a_folder_in_use_are_refused(tmp_p
     # Free again once the holder is done.
     result = nmt("translate", trained_run, "--greedy", "-i", text, "-o", trained_run / "out.txt")
     assert result.exit_code == 0, result.output
+
+
+def test_a_folder_removed_under_a_failing_holder_leaves_its_error_not_a_traceback(tmp_path):
+    """Seen when a script removed a run folder while `nmt preprocess` was writing into it:
+    the lock's tidying-up raised FileNotFoundError over the error that explains the failure."""
+    folder = tmp_path / "run"
+    with pytest.raises(NmtError, match="SentencePiece"):
+        with lock.hold(folder, "preprocess"):
+            (folder / lock.LOCK_NAME).unlink()
+            folder.rmdir()
+            raise NmtError("SentencePiece training failed")
+    assert not folder.exists()
