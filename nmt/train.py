@@ -504,6 +504,42 @@ class _Window:
         self.start += time.perf_counter() - pause
 
 
+def _log_window(
+    run: Run,
+    window: _Window,
+    lr: float,
+    paces: list[tuple[int, float]],
+    started: float,
+    events: JsonlLog,
+) -> dict:
+    """Closes the log window and writes its record (the loss summed over every rank). During
+    warm-up the window's pace joins `paces`, which train.max_time's fit extrapolates; at the
+    second window it also warns if the warm-up cannot end inside the budget."""
+    cfg, state = run.recipe.train, run.state
+    window_loss, window_tokens, elapsed = window.close()
+    if state.step <= cfg.warmup_steps:
+        paces.append((state.step, window.seconds))
+        if len(paces) == 3 and budget.fits_schedule_to_time(cfg, state):
+            # The second log window's pace: the first has the start-up in it.
+            pace = budget.update_seconds(paces[1:], 0)
+            so_far = time.perf_counter() - started
+            advice = budget.warmup_advice(cfg, state.step, so_far, pace)
+            if advice:
+                log.warning(advice)
+    [loss_total] = distributed.all_sum([window_loss], run.world, run.trainer.device)
+    record = {
+        "step": state.step,
+        "epoch": state.epoch,
+        "loss": loss_total / max(window_tokens, 1),
+        "lr": lr,
+        "tgt_tokens_per_s": window_tokens / elapsed,
+        "skipped_nonfinite": state.nonfinite_skipped,
+        "skipped_oom": state.oom_skipped,
+    }
+    events.write(kind="train", **record)
+    return record
+
+
 def _loop(run: Run, show_progress: bool) -> TrainResult:
     cfg, state, world = run.recipe.train, run.state, run.world
     main = world.is_main
@@ -559,27 +595,7 @@ def _loop(run: Run, show_progress: bool) -> TrainResult:
                     state.oom_skipped += 1
                 window.add(update)
                 if state.step % cfg.log_every == 0:
-                    window_loss, window_tokens, elapsed = window.close()
-                    if state.step <= cfg.warmup_steps:
-                        paces.append((state.step, window.seconds))
-                        if len(paces) == 3 and budget.fits_schedule_to_time(cfg, state):
-                            # The second log window's pace: the first has the start-up in it.
-                            pace = budget.update_seconds(paces[1:], 0)
-                            so_far = time.perf_counter() - started
-                            advice = budget.warmup_advice(cfg, state.step, so_far, pace)
-                            if advice:
-                                log.warning(advice)
-                    [loss_total] = distributed.all_sum([window_loss], world, run.trainer.device)
-                    record = {
-                        "step": state.step,
-                        "epoch": state.epoch,
-                        "loss": loss_total / max(window_tokens, 1),
-                        "lr": lr,
-                        "tgt_tokens_per_s": window_tokens / elapsed,
-                        "skipped_nonfinite": state.nonfinite_skipped,
-                        "skipped_oom": state.oom_skipped,
-                    }
-                    events.write(kind="train", **record)
+                    record = _log_window(run, window, lr, paces, started, events)
                     bar.update(
                         task,
                         info=(
