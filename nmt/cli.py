@@ -273,15 +273,9 @@ def translate(
 
     with user_errors():
         # Every flag is checked before a model is loaded.
-        if input is not None and not input.is_file():
-            raise NmtError(f"input file not found: {input}")
-        for option, path in (
-            ("--prefix", prefix),
-            ("--constraints", constraints),
-            ("--score-reference", score_reference),
-        ):
-            if path is not None and not path.is_file():
-                raise NmtError(f"{option} file not found: {path}")
+        _require_files(
+            input=input, prefix=prefix, constraints=constraints, score_reference=score_reference
+        )
         if input_format not in ("text", "jsonl"):
             raise NmtError(f"unknown --input-format '{input_format}'; use text or jsonl")
         if input_format == "jsonl" and (prefix or constraints):
@@ -301,13 +295,7 @@ def translate(
         if greedy and sample:
             raise NmtError("--greedy and --sample exclude each other; give one")
         if plot_attention is not None:
-            from nmt import plot
-
-            plot.check_available()
-            try:
-                plot_attention.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise NmtError(f"cannot create {plot_attention}: {e.strerror}") from None
+            _prepare_plot_folder(plot_attention)
         decoding = {
             "method": "sample" if sample else "greedy" if greedy else None,
             "temperature": temperature,
@@ -355,6 +343,25 @@ def translate(
             else:
                 formatted = _format_text(records, nbest)
             _emit(formatted, output)
+
+
+def _require_files(**flags: Path | None) -> None:
+    """Each file given to these options exists; the first missing one is named by its flag."""
+    for name, path in flags.items():
+        if path is not None and not path.is_file():
+            flag = "input" if name == "input" else "--" + name.replace("_", "-")
+            raise NmtError(f"{flag} file not found: {path}")
+
+
+def _prepare_plot_folder(folder: Path) -> None:
+    """--plot-attention's folder, created now, and matplotlib present, before a model loads."""
+    from nmt import plot
+
+    plot.check_available()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NmtError(f"cannot create {folder}: {e.strerror}") from None
 
 
 def _emit(lines: Iterator[str], output: Path | None) -> None:
