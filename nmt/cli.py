@@ -6,7 +6,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -268,8 +268,9 @@ def translate(
 ) -> None:
     """Translate lines of text (a file or stdin), one output line per input line. CHECKPOINTS
     may also be one folder written by `nmt export`, decoded with CTranslate2."""
+    from nmt import lines
     from nmt.files import read_lines
-    from nmt.translate import Translator, reference_scores, requests
+    from nmt.translate import Translator, reference_scores
 
     with user_errors():
         # Every flag is checked before a model is loaded.
@@ -319,15 +320,15 @@ def translate(
                 checkpoints, device=device, precision=precision, quantize=quantize, **decoding
             )
             if input is not None:
-                lines = read_lines(input)
+                sources = read_lines(input)
             else:
-                lines = read_lines(sys.stdin.buffer, "standard input")
+                sources = read_lines(sys.stdin.buffer, "standard input")
             if score_reference is not None:
-                scored = reference_scores(translator, lines, read_lines(score_reference))
-                _emit(_format_reference_scores(scored, output_format), output)
+                scored = reference_scores(translator, sources, read_lines(score_reference))
+                lines.emit(lines.reference_score_lines(scored, output_format), output)
                 return
-            items = requests(
-                lines,
+            items = lines.requests(
+                sources,
                 read_lines(prefix) if prefix is not None else None,
                 read_lines(constraints) if constraints is not None else None,
                 jsonl=input_format == "jsonl",
@@ -335,14 +336,14 @@ def translate(
             records = translator.stream_nbest(
                 items, nbest, alignment=alignment, attention=plot_attention is not None
             )
+            source_pieces = translator.src_tok.pieces
             if plot_attention is not None:
-                records = _plotting(records, plot_attention, translator.src_tok.pieces)
+                records = lines.with_attention_plots(records, plot_attention, source_pieces)
             if output_format == "jsonl":
-                pieces = translator.src_tok.pieces if alignment else None
-                formatted = _format_jsonl(records, pieces)
+                formatted = lines.jsonl_lines(records, source_pieces if alignment else None)
             else:
-                formatted = _format_text(records, nbest)
-            _emit(formatted, output)
+                formatted = lines.text_lines(records, nbest)
+            lines.emit(formatted, output)
 
 
 def _require_files(**flags: Path | None) -> None:
@@ -362,60 +363,6 @@ def _prepare_plot_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise NmtError(f"cannot create {folder}: {e.strerror}") from None
-
-
-def _emit(lines: Iterator[str], output: Path | None) -> None:
-    """Each line to stdout as soon as it is ready, or all of them to `output` atomically."""
-    from nmt.files import write_lines
-
-    if output is None:
-        for line in lines:
-            sys.stdout.write(line + "\n")
-            sys.stdout.flush()
-    else:
-        write_lines(output, lines)
-
-
-def _plotting(records: Iterator, folder: Path, source_pieces: Callable) -> Iterator:
-    """Pass records through, writing each best translation's attention heatmap on the way."""
-    from nmt.plot import attention_heatmap
-
-    for index, (source, translations) in enumerate(records, start=1):
-        best = translations[0]
-        if best.attention is not None:
-            path = folder / f"{index:06d}.png"
-            attention_heatmap(
-                best.attention, source_pieces(source) + ["</s>"], best.pieces, path, best.text
-            )
-        yield source, translations
-
-
-def _format_text(records: Iterator, nbest: int) -> Iterator[str]:
-    for index, (_, translations) in enumerate(records):
-        if nbest == 1:
-            yield translations[0].text
-        else:
-            for t in translations:
-                yield f"{index}\t{t.norm_score:.4f}\t{t.text}"
-
-
-def _format_reference_scores(scored: Iterator, output_format: str) -> Iterator[str]:
-    for index, (source, reference, result) in enumerate(scored):
-        if output_format == "text":
-            yield f"{result.score:.6f}\t{result.per_token:.6f}"
-        else:
-            record = {"id": index, "source": source, "reference": reference, **vars(result)}
-            yield json.dumps(record, ensure_ascii=False)
-
-
-def _format_jsonl(records: Iterator, source_pieces: Callable | None = None) -> Iterator[str]:
-    from nmt.translate import jsonl_record
-
-    for index, (source, translations) in enumerate(records):
-        pieces = None
-        if source_pieces is not None and source.strip():
-            pieces = source_pieces(source) + ["</s>"]
-        yield json.dumps(jsonl_record(index, source, translations, pieces), ensure_ascii=False)
 
 
 def _numbers(text: str, kind: type, option: str) -> list:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from nmt.config import DecodeConfig
 from nmt.data import batches_by_size, pad_sequences
 from nmt.device import Precision, autocast, resolve_device, resolve_precision
 from nmt.errors import NmtError
+from nmt.lines import Request, in_step
 from nmt.model import EncoderDecoder, Ensemble, count_parameters
 from nmt.quantize import QUANTIZE_CHOICES, quantize_int8
 from nmt.search import Guide, Hypothesis, search
@@ -64,21 +64,6 @@ class ReferenceScore:
     score: float  # the sum over its tokens
     per_token: float  # the mean
     tokens: int  # target tokens scored, EOS included
-
-
-def jsonl_record(
-    index: int, source: str, translations: list[Translation], source_pieces: list[str] | None
-) -> dict:
-    """One input line's JSON record: its index, source, n-best translations (and the source's
-    subwords, which alignments index)."""
-    record: dict[str, Any] = {
-        "id": index,
-        "source": source,
-        "nbest": [t.as_dict() for t in translations],
-    }
-    if source_pieces is not None:
-        record["source_tokens"] = source_pieces
-    return record
 
 
 class Translator:
@@ -374,100 +359,11 @@ def reference_scores(
     buffer_lines: int = 1000,
 ) -> Iterator[tuple[str, str, ReferenceScore]]:
     """(source, reference, its score) per line pair, buffer by buffer, in input order."""
-    pairs = _in_step({"input": lines, "--score-reference": references})
+    pairs = in_step({"input": lines, "--score-reference": references})
     while buffer := list(itertools.islice(pairs, buffer_lines)):
         sources = [row["input"] for row in buffer]
         refs = [row["--score-reference"] for row in buffer]
         yield from zip(sources, refs, translator.score_references(sources, refs))
-
-
-@dataclass(frozen=True)
-class Request:
-    """One line to translate, with an optional target prefix to continue and target phrases
-    that must appear in its translation."""
-
-    source: str
-    prefix: str = ""
-    constraints: tuple[str, ...] = ()
-
-
-def requests(
-    lines: Iterable[str],
-    prefixes: Iterable[str] | None = None,
-    constraints: Iterable[str] | None = None,
-    jsonl: bool = False,
-) -> Iterator[Request]:
-    """Requests from input lines: plain text, with `prefixes` (one target prefix per line, an
-    empty line for none) and `constraints` (one JSON list of target phrases per line) in step;
-    or, with `jsonl`, one JSON object per line: {"source": ..., "prefix": ..., "constraints":
-    [...]}. Mismatched line counts and malformed lines end in one clear error."""
-    sides: dict[str, Iterable[str]] = {"input": lines}
-    if prefixes is not None:
-        sides["--prefix"] = prefixes
-    if constraints is not None:
-        sides["--constraints"] = constraints
-    for number, row in enumerate(_in_step(sides), start=1):
-        if jsonl:
-            yield _jsonl_request(row["input"], number)
-            continue
-        phrases: tuple[str, ...] = ()
-        if "--constraints" in row:
-            phrases = _phrases(row["--constraints"], number, "--constraints")
-        yield Request(row["input"], row.get("--prefix", ""), phrases)
-
-
-def _in_step(sides: dict[str, Iterable[str]]) -> Iterator[dict[str, str]]:
-    """One line of each named stream at a time; streams of different lengths are an error
-    naming them."""
-    iterators = {name: iter(lines) for name, lines in sides.items()}
-    for number in itertools.count(1):
-        row = {name: next(it, None) for name, it in iterators.items()}
-        if all(v is None for v in row.values()):
-            return
-        missing = [name for name, v in row.items() if v is None]
-        if missing:
-            longer = [name for name, v in row.items() if v is not None]
-            raise NmtError(
-                f"{', '.join(missing)} ended at line {number - 1}, but {', '.join(longer)} "
-                "goes on: give one line for each input line"
-            )
-        yield row  # type: ignore[misc]
-
-
-def _phrases(text: str, number: int, where: str) -> tuple[str, ...]:
-    if not text.strip():
-        return ()
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = None
-    return _phrase_list(value, number, where)
-
-
-def _phrase_list(value: object, number: int, where: str) -> tuple[str, ...]:
-    """A parsed constraints value: a list of non-empty phrases, or one clear error."""
-    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-        raise NmtError(f'{where}, line {number}: expected a JSON list of phrases, e.g. ["rot"]')
-    if any(not p.strip() for p in value):
-        raise NmtError(f"{where}, line {number}: an empty constraint phrase")
-    return tuple(value)
-
-
-def _jsonl_request(text: str, number: int) -> Request:
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError:
-        record = None
-    if not isinstance(record, dict) or not isinstance(record.get("source"), str):
-        raise NmtError(f'input line {number}: expected a JSON object with a "source" string')
-    unknown = set(record) - {"source", "prefix", "constraints"}
-    if unknown:
-        raise NmtError(f"input line {number}: unknown field(s) {', '.join(sorted(unknown))}")
-    prefix = record.get("prefix") or ""
-    if not isinstance(prefix, str):
-        raise NmtError(f'input line {number}: "prefix" must be a string')
-    phrases = _phrase_list(record.get("constraints") or [], number, "input")
-    return Request(record["source"], prefix, phrases)
 
 
 def _selection_note(run_dir: Path) -> str:
