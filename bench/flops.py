@@ -43,7 +43,7 @@ def flops_per_target_token(recipe_path: str, batches: int, overrides: list[str])
     from nmt import config
     from nmt.distributed import World
     from nmt.loss import batch_loss
-    from nmt.train import Run
+    from nmt.run import Run
 
     with tempfile.TemporaryDirectory() as run_dir:
         prepared = config.load(recipe_path, overrides).prepared_dir

@@ -126,7 +126,7 @@ def part_profile(ctx: dict) -> dict:
     from nmt.data import collate
     from nmt.device import resolve_device
     from nmt.distributed import World
-    from nmt.train import Run
+    from nmt.run import Run
 
     recipe = config.load(
         ctx["recipe"],
@@ -244,7 +244,7 @@ def _measure_training(ctx: dict, name: str, overrides: list[str], steps: int) ->
     from nmt.distributed import World
     from nmt.loss import batch_loss
     from nmt.model import count_parameters
-    from nmt.train import Run
+    from nmt.run import Run
 
     row = {"model": name, "overrides": overrides}
     try:

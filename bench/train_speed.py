@@ -1,6 +1,6 @@
 """Training throughput: target tokens/s, step time and peak memory of training steps.
 
-Runs real optimizer steps of `nmt.train.Trainer` on a recipe's preprocessed data (run
+Runs real optimizer steps of `nmt.trainer.Trainer` on a recipe's preprocessed data (run
 `nmt preprocess RECIPE` first) and reports medians over several timed windows. Each variant runs
 in a fresh process, so peak memory is its own.
 
@@ -38,7 +38,7 @@ def measure(recipe_path: str, overrides: list[str], steps: int, windows: int) ->
     from nmt.device import resolve_device, reuse_freed_memory
     from nmt.distributed import World
     from nmt.model import count_parameters
-    from nmt.train import Run
+    from nmt.run import Run
 
     glibc_malloc = "malloc=glibc" in overrides
     overrides = [o for o in overrides if o != "malloc=glibc"]

@@ -18,7 +18,7 @@ from nmt.config import TrainConfig
 from nmt.validate import Validation
 
 if TYPE_CHECKING:
-    from nmt.train import Run, TrainState
+    from nmt.run import Run, TrainState
 
 log = logging.getLogger("nmt")
 

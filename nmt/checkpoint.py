@@ -10,7 +10,7 @@ This module owns the schema. Every checkpoint holds
     tokenizers   the SentencePiece models, serialized ({"src": bytes, "tgt": bytes})
     step         the update the weights are from
 
-and a training checkpoint (last.pt) also `train_state` (nmt.train.TrainState as a mapping),
+and a training checkpoint (last.pt) also `train_state` (nmt.run.TrainState as a mapping),
 `optimizer`, `scaler` and `rng`. An averaged one lists its sources in `averaged`.
 
 `check_resumable` decides whether a run's last.pt can go on with a given recipe.

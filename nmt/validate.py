@@ -20,8 +20,8 @@ from nmt.score import score_lines
 from nmt.translate import Translator
 
 if TYPE_CHECKING:
+    from nmt.run import Run
     from nmt.runlog import JsonlLog
-    from nmt.train import Run
 
 log = logging.getLogger("nmt")
 

@@ -19,7 +19,8 @@ from nmt.config import ModelConfig
 from nmt.data import Prepared, collate
 from nmt.loss import batch_loss
 from nmt.model import build_model
-from nmt.train import Trainer, initial_model
+from nmt.run import initial_model
+from nmt.trainer import Trainer
 from nmt.translate import Translator
 
 pytestmark = [

@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import tiny_recipe, write_recipe
 
-from nmt import config, data, train
+from nmt import config, data, run, train
 from nmt.data import Prepared
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +101,6 @@ def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path, small_
         )
     # The weights did move: this is not two untrained models compared.
     recipe = config.from_dict(single)
-    start = train.initial_model(recipe, Prepared.open(recipe.prepared_dir)).state_dict()
+    start = run.initial_model(recipe, Prepared.open(recipe.prepared_dir)).state_dict()
     moved = sum(not torch.equal(start[k], single_state[k]) for k in start)
     assert moved > len(start) // 2

@@ -14,8 +14,9 @@ from nmt import config, data, schedule, train
 from nmt.config import TrainConfig
 from nmt.data import Prepared, collate
 from nmt.loss import batch_loss
+from nmt.run import initial_model
 from nmt.tokenizer import PAD
-from nmt.train import Trainer, initial_model
+from nmt.trainer import Trainer, _LossModule
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,7 @@ def test_training_goes_on_after_an_out_of_memory_batch(
             train={"max_steps": 6, "valid_every": 6, "log_every": 2},
         )
     )
-    forward = train._LossModule.forward
+    forward = _LossModule.forward
     calls = []
 
     def fail_third(self, *args):
@@ -175,7 +176,7 @@ def test_training_goes_on_after_an_out_of_memory_batch(
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (injected)")
         return forward(self, *args)
 
-    monkeypatch.setattr(train._LossModule, "forward", fail_third)
+    monkeypatch.setattr(_LossModule, "forward", fail_third)
     result = train.train(recipe, progress=False)
     assert result.steps == 6
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").open()]
@@ -205,7 +206,7 @@ def test_tensorboard_gets_the_logged_scalars(tmp_path, small_corpus, trainer_rec
 
 
 def test_prefetched_batches_keep_order_and_raise_the_producer_s_error():
-    from nmt.train import _prefetched
+    from nmt.run import _prefetched
 
     assert list(_prefetched(iter(range(50)), depth=2)) == list(range(50))
 
