@@ -559,6 +559,51 @@ def score(
 
 
 @app.command()
+def curves(
+    runs: Annotated[
+        list[str],
+        typer.Argument(
+            help="Run folders or log.jsonl files, each optionally labelled: NAME=PATH.",
+            show_default=False,
+        ),
+    ],
+    output: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            "--output",
+            "-o",
+            help="Also draw the curves into this PNG: validation BLEU against training "
+            "minutes and against updates (needs matplotlib: pip install 'nmt[plot]').",
+            show_default=False,
+        ),
+    ] = None,
+    at_step: Annotated[
+        str, typer.Option(help="Comma-separated updates: a column of BLEU at each.")
+    ] = "",
+    at_minutes: Annotated[
+        str, typer.Option(help="Comma-separated minutes of training: a column of BLEU at each.")
+    ] = "",
+    title: Annotated[str, typer.Option(help="The picture's title.")] = "",
+) -> None:
+    """Learning curves of runs: a table of validation BLEU (at given updates or minutes, the
+    best, the averaged checkpoint's, the last), and with -o a picture of them."""
+    from nmt import curves as learning
+
+    with user_errors():
+        steps = _numbers(at_step, int, "--at-step")
+        minutes = _numbers(at_minutes, float, "--at-minutes")
+        if output is not None:
+            from nmt.plot import check_available
+
+            check_available("nmt curves -o")
+        read = [learning.read_curve(spec) for spec in runs]
+        print(learning.table(read, steps, minutes))
+        if output is not None:
+            learning.plot(read, output, title)
+            stderr.print(f"wrote {output}")
+
+
+@app.command()
 def serve(
     models: Annotated[
         list[str],

@@ -1,4 +1,5 @@
-"""Attention heatmaps (needs matplotlib: `pip install 'nmt[plot]'`)."""
+"""Attention heatmaps (needs matplotlib: `pip install 'nmt[plot]'`); learning curves are in
+nmt.curves."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 from nmt.errors import NmtError
 
 
-def _pyplot():
+def pyplot(needed_by: str = "--plot-attention"):
+    """matplotlib's pyplot, drawing to files; or one clear error naming what needed it."""
     try:
         import matplotlib
 
@@ -16,13 +18,13 @@ def _pyplot():
         import matplotlib.pyplot as plt
     except ImportError:
         raise NmtError(
-            "--plot-attention needs matplotlib; install it with: pip install 'nmt[plot]'"
+            f"{needed_by} needs matplotlib; install it with: pip install 'nmt[plot]'"
         ) from None
     return plt
 
 
-def check_available() -> None:
-    _pyplot()
+def check_available(needed_by: str = "--plot-attention") -> None:
+    pyplot(needed_by)
 
 
 def attention_heatmap(
@@ -33,7 +35,7 @@ def attention_heatmap(
     title: str = "",
 ) -> None:
     """One PNG: target subwords down, source subwords across, darker = more attention."""
-    plt = _pyplot()
+    plt = pyplot()
     n_tgt, n_src = len(target_pieces), len(source_pieces)
     fig, ax = plt.subplots(figsize=(max(3.0, 0.35 * n_src + 1.5), max(3.0, 0.35 * n_tgt + 1.2)))
     ax.imshow(weights, cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
