@@ -271,6 +271,8 @@ def average(paths: list[Path]) -> dict[str, Any]:
     """The element-wise mean of the checkpoints' weights (accumulated in float64), with the
     first checkpoint's recipe, tokenizers and constructor arguments. All must share the model
     and the tokenizers."""
+    from nmt.tokenizer import same_models
+
     if not paths:
         raise NmtError("no checkpoints to average")
     first = load(paths[0])
@@ -281,7 +283,7 @@ def average(paths: list[Path]) -> dict[str, Any]:
         steps.append(state["step"])
         if state["recipe"]["model"] != first["recipe"]["model"]:
             raise NmtError(f"{path} has another model than {paths[0]}; only average one model")
-        if state["tokenizers"] != first["tokenizers"]:
+        if not same_models(state["tokenizers"], first["tokenizers"]):
             raise NmtError(f"{path} has other tokenizers than {paths[0]}; only average one model")
         if state["model"].keys() != sums.keys():
             raise NmtError(f"{path} has other weights than {paths[0]}")

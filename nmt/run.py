@@ -24,6 +24,7 @@ from nmt.device import resolve_precision
 from nmt.distributed import World
 from nmt.errors import NmtError
 from nmt.model import build_model
+from nmt.tokenizer import same_models
 from nmt.trainer import Trainer
 from nmt.translate import Translator
 
@@ -226,7 +227,8 @@ def _load_pretrained(model: torch.nn.Module, recipe: Recipe, prepared: Prepared)
                 f"recipe {getattr(mine, name)!r}; fine-tuning keeps the architecture: copy "
                 "its model section (dropout may differ)"
             )
-    if state["tokenizers"] != {"src": prepared.src_tok.proto, "tgt": prepared.tgt_tok.proto}:
+    prepared_models = {"src": prepared.src_tok.proto, "tgt": prepared.tgt_tok.proto}
+    if not same_models(state["tokenizers"], prepared_models):
         raise NmtError(
             f"train.init_from {path} has other SentencePiece models than {prepared.path}; "
             "rerun `nmt preprocess --force` with train.init_from set, so it takes the "

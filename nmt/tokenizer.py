@@ -80,6 +80,81 @@ class Tokenizer:
         return [self.sp.id_to_piece(int(i)) for i in ids]
 
 
+def same_models(a: dict[str, bytes], b: dict[str, bytes]) -> bool:
+    """Whether two checkpoints' tokenizers ({"src": proto, "tgt": proto}) encode and decode
+    alike: the same serialized models once the paths of their training are left out, so two
+    runs preprocessed from the same text with the same settings (each in its own folder)
+    qualify for an ensemble, and any other difference does not."""
+    return a.keys() == b.keys() and all(_without_paths(a[k]) == _without_paths(b[k]) for k in a)
+
+
+# Field numbers of sentencepiece_model.proto: ModelProto.trainer_spec, and within TrainerSpec
+# `input` (the training files) and `model_prefix` (where the model was written). Nothing reads
+# these two when encoding or decoding.
+_TRAINER_SPEC, _INPUT, _MODEL_PREFIX = 2, 1, 2
+
+
+def _without_paths(proto: bytes) -> bytes:
+    """The serialized ModelProto without TrainerSpec's input and model_prefix, re-serialized
+    field by field (protobuf's wire format; sentencepiece's own protobuf classes need the
+    protobuf package, which nmt does not depend on)."""
+    out = bytearray()
+    try:
+        for number, wire, raw, payload in _wire_fields(proto):
+            if number == _TRAINER_SPEC and wire == 2:
+                kept = b"".join(
+                    r for n, _, r, _ in _wire_fields(payload) if n not in (_INPUT, _MODEL_PREFIX)
+                )
+                out += _varint(number << 3 | 2) + _varint(len(kept)) + kept
+            else:
+                out += raw
+    except (IndexError, ValueError):
+        return proto  # not a protobuf message: compared as it is
+    return bytes(out)
+
+
+def _wire_fields(data: bytes) -> Iterator[tuple[int, int, bytes, bytes]]:
+    """(field number, wire type, the field's bytes, its payload if length-delimited)."""
+    i = 0
+    while i < len(data):
+        start = i
+        key, i = _read_varint(data, i)
+        wire, payload = key & 7, b""
+        if wire == 0:
+            _, i = _read_varint(data, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 2:
+            size, i = _read_varint(data, i)
+            payload, i = data[i : i + size], i + size
+            if i > len(data):
+                raise ValueError("a field runs past the end")
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+        yield key >> 3, wire, data[start:i], payload
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i, shift = i + 1, shift + 7
+        if byte < 0x80:
+            return value, i
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 @contextlib.contextmanager
 def _fd2_to_temporary_file() -> Iterator[None]:
     """Point file descriptor 2 at a temporary file for the duration (SentencePiece's own

@@ -26,7 +26,7 @@ from nmt.lines import Request, in_step
 from nmt.model import EncoderDecoder, Ensemble, count_parameters
 from nmt.quantize import QUANTIZE_CHOICES, quantize_int8
 from nmt.search import Guide, Hypothesis, search
-from nmt.tokenizer import BOS, EOS, Tokenizer
+from nmt.tokenizer import BOS, EOS, Tokenizer, same_models
 
 log = logging.getLogger("nmt")
 
@@ -132,7 +132,7 @@ class Translator:
             members = [model]
             for other in paths[1:]:
                 other_state = checkpoint.load(other)
-                if other_state["tokenizers"] != state["tokenizers"]:
+                if not same_models(other_state["tokenizers"], state["tokenizers"]):
                     raise NmtError(
                         f"{other} has other vocabularies than {paths[0]}; an ensemble needs "
                         "models trained with the same SentencePiece models"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from test_cli import assert_user_error, nmt
@@ -64,3 +65,63 @@ def test_cli_ensemble(trained_run, tmp_path):
         nmt("translate", trained_run / "best.pt", tmp_path / "other.pt", input=text),
         "other vocabularies",
     )
+
+
+def _preprocessed_models(tmp_path, corpus, name, **tokenizer):
+    """The SentencePiece model `nmt preprocess` trains for the tiny recipe, in its own folder."""
+    from conftest import tiny_recipe
+
+    from nmt import config, data
+
+    recipe = config.from_dict(tiny_recipe(corpus, tmp_path / name, tokenizer=tokenizer))
+    data.preprocess(recipe)
+    return (recipe.prepared_dir / "spm.model").read_bytes()
+
+
+def test_runs_preprocessed_apart_from_the_same_text_make_an_ensemble(
+    trained_run, small_corpus, tmp_path
+):
+    import shutil
+
+    from nmt.tokenizer import same_models
+
+    # The same corpus at another path, preprocessed into another run folder: the model's bytes
+    # differ (it records its training files and output path), its pieces do not.
+    copy = tmp_path / "corpus_copy"
+    shutil.copytree(small_corpus, copy)
+    here = _preprocessed_models(tmp_path, small_corpus, "here")
+    there = _preprocessed_models(tmp_path, copy, "there")
+    bigger = _preprocessed_models(tmp_path, small_corpus, "bigger", vocab_size=130)
+    assert here != there
+    assert same_models({"src": here, "tgt": here}, {"src": there, "tgt": there})
+    assert not same_models({"src": here, "tgt": here}, {"src": bigger, "tgt": bigger})
+    assert not same_models({"src": here, "tgt": here}, {"src": b"x", "tgt": b"x"})
+
+    best = torch.load(trained_run / "best.pt", weights_only=True)
+    assert same_models(best["tokenizers"], {"src": there, "tgt": there})
+    best["tokenizers"] = {"src": there, "tgt": there}
+    torch.save(best, tmp_path / "apart.pt")
+    text = "The dog laughed.\nA cat saw the boy.\n"
+    alone = nmt("translate", trained_run / "best.pt", input=text)
+    both = nmt("translate", trained_run / "best.pt", tmp_path / "apart.pt", input=text)
+    assert both.exit_code == 0, both.output
+    assert both.stdout == alone.stdout
+    best["tokenizers"] = {"src": bigger, "tgt": bigger}
+    torch.save(best, tmp_path / "bigger.pt")
+    assert_user_error(
+        nmt("translate", trained_run / "best.pt", tmp_path / "bigger.pt", input=text),
+        "other vocabularies",
+    )
+
+
+def test_paths_left_out_as_protobuf_itself_would(small_corpus, tmp_path):
+    pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
+    from nmt.tokenizer import _without_paths
+
+    proto = _preprocessed_models(tmp_path, small_corpus, "run")
+    message = pb.ModelProto()
+    message.ParseFromString(proto)
+    assert list(message.trainer_spec.input) and message.trainer_spec.model_prefix
+    message.trainer_spec.ClearField("input")
+    message.trainer_spec.ClearField("model_prefix")
+    assert _without_paths(proto) == message.SerializeToString()
