@@ -44,7 +44,8 @@ def read_curve(spec: str | Path) -> Curve:
         raise NmtError(f"{path}: no such run folder or log file")
     curve = Curve(name or path.stem)
     for record in runlog.read(path):
-        if record["kind"] == "valid":
+        # Logs written before validations recorded `elapsed` have no time to plot them at.
+        if record["kind"] == "valid" and "elapsed" in record:
             curve.steps.append(record["step"])
             curve.minutes.append(record["elapsed"] / 60)
             curve.bleu.append(record["valid_bleu"])

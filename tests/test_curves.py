@@ -39,6 +39,16 @@ def test_values_at_steps_and_minutes_are_the_last_validation_at_or_before(tmp_pa
     assert curve.at_minutes(60) == (44.5, 24.0)
 
 
+def test_validations_without_elapsed_time_are_left_out(tmp_path):
+    log = write_log(tmp_path / "old.jsonl")
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    del records[2]["elapsed"]  # the first validation, as logs before `elapsed` wrote it
+    log.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    curve = curves.read_curve(log)
+    assert curve.steps == [500, 750, 1000]
+    assert curve.minutes == [21.0, 33.0, 44.5]
+
+
 def test_table_names_where_each_value_was_taken(tmp_path):
     a = curves.read_curve(f"first={write_log(tmp_path / 'a.jsonl')}")
     b = curves.read_curve(write_log(tmp_path / "b.jsonl", VALIDATIONS[:2], averaged=None))
