@@ -1,11 +1,14 @@
 """Bahdanau's additive scores on the CPU, timed in their alternatives: the measurements behind
 `_AdditiveScores` in nmt/attention.py (docs/BENCHMARKS.md, "Bahdanau's additive scores").
 
-    OMP_NUM_THREADS=1 python bench/additive_ops.py --rows 4480 --keys 18
+    OMP_NUM_THREADS=1 python bench/additive_ops.py --rows 4480 --keys 18 [--compile]
 
 Each pair runs interleaved (A, B, A, B, ...) so that a busy machine slows both alike; the median
 of --calls calls is printed with the ratio and the largest difference between their results
-(`compare` of bench/decode_ops.py).
+(`compare` of bench/decode_ops.py). --compile also times the same scores written as one
+expression and compiled by torch.compile (dynamic shapes), which can fuse the sum over features
+with the sigmoid instead of writing out every (query, key, feature) value; it prints the time
+the first compilation took and that of a second batch shape.
 Shapes are those of a training step's cross-attention: rows = sentences x target positions
 (split into --batch sentences), 4 heads of 32 (d_model 128), --keys source positions.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import time
 
 import decode_ops
 import torch
@@ -31,6 +35,7 @@ def main() -> None:
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--calls", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile's fusion")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reuse_freed_memory()  # as `nmt train` does: large blocks are reused, not faulted in again
@@ -80,6 +85,27 @@ def main() -> None:
         autograd_tanh,
         additive_scores,
     )
+    if not args.compile:
+        return
+
+    def expression(q, k, v):  # _AdditiveScores' sigmoid form, left for the compiler to fuse
+        gate = torch.sigmoid((q * 2).unsqueeze(3) + (k * 2).unsqueeze(2))
+        return (gate * (v * 2)[:, None, None, :]).sum(-1) - v.sum(1)[:, None, None]
+
+    compiled = torch.compile(expression, dynamic=True)
+    start = time.perf_counter()
+    _grads(compiled(q, k, v))
+    print(f"# torch.compile: first call (compiling) {time.perf_counter() - start:.1f} s")
+    compare(
+        "scores forward + backward: _AdditiveScores / torch.compile",
+        additive_scores,
+        lambda: _grads(compiled(q, k, v)),
+    )
+    other_q = torch.randn(B + 7, H, L + 3, D, requires_grad=True)
+    other_k = torch.randn(B + 7, H, S + 2, D, requires_grad=True)
+    start = time.perf_counter()
+    compiled(other_q, other_k, v).sum().backward()
+    print(f"# torch.compile: another batch shape {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":
