@@ -23,7 +23,7 @@ import time
 import sacrebleu
 import torch
 
-from nmt.translate import Translator
+from nmt.decoding.translator import Translator
 
 _PUNCT = ".,;:!?\"'()[]"
 

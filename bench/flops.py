@@ -41,9 +41,9 @@ CPU_ATTENTION = {
 
 def flops_per_target_token(recipe_path: str, batches: int, overrides: list[str]) -> dict:
     from nmt import config
-    from nmt.distributed import World
-    from nmt.loss import batch_loss
-    from nmt.run import Run
+    from nmt.training.distributed import World
+    from nmt.training.loss import batch_loss
+    from nmt.training.run import Run
 
     with tempfile.TemporaryDirectory() as run_dir:
         prepared = config.load(recipe_path, overrides).prepared_dir

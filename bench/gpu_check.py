@@ -91,10 +91,11 @@ def part_versions(ctx: dict) -> dict:
 
 
 def part_data(ctx: dict) -> dict:
-    from nmt import config, data
+    from nmt import config
+    from nmt.data.preprocess import preprocess
 
     recipe = config.load(ctx["recipe"], ctx["overrides"] + [f"run_dir={ctx['work']}/data"])
-    manifest = data.preprocess(recipe, force=True)
+    manifest = preprocess(recipe, force=True)
     return {"prepared": str(recipe.prepared_dir), "splits": manifest["splits"]}
 
 
@@ -123,10 +124,10 @@ def part_profile(ctx: dict) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     from nmt import config
-    from nmt.data import collate
-    from nmt.device import resolve_device
-    from nmt.distributed import World
-    from nmt.run import Run
+    from nmt.data.batches import collate
+    from nmt.training.distributed import World
+    from nmt.training.run import Run
+    from nmt.utils.device import resolve_device
 
     recipe = config.load(
         ctx["recipe"],
@@ -240,11 +241,11 @@ def _measure_training(ctx: dict, name: str, overrides: list[str], steps: int) ->
     from torch.utils.flop_counter import FlopCounterMode
 
     from nmt import config
-    from nmt.device import resolve_device
-    from nmt.distributed import World
-    from nmt.loss import batch_loss
-    from nmt.model import count_parameters
-    from nmt.run import Run
+    from nmt.models.base import count_parameters
+    from nmt.training.distributed import World
+    from nmt.training.loss import batch_loss
+    from nmt.training.run import Run
+    from nmt.utils.device import resolve_device
 
     row = {"model": name, "overrides": overrides}
     try:
@@ -265,7 +266,7 @@ def _measure_training(ctx: dict, name: str, overrides: list[str], steps: int) ->
         group = next(updates)
         with FlopCounterMode(display=False) as counter:
             batch = group[0].to(device)
-            from nmt.device import autocast
+            from nmt.utils.device import autocast
 
             with autocast(device, trainer.precision):
                 loss = batch_loss(run.model, batch, recipe.train.label_smoothing)
@@ -357,7 +358,7 @@ def part_quality(ctx: dict) -> dict:
         outputs[key] = out.stdout
         _partial(ctx, "quality", {"seconds": timings, "log": _log_summary(run_dir)})
     scores = {s["name"]: s["score"] for s in json.loads(outputs["score"])}
-    from nmt import runlog
+    from nmt.training import runlog
 
     end = runlog.read(run_dir, "end")[-1]
     return {
@@ -378,8 +379,8 @@ def part_quality(ctx: dict) -> dict:
 def part_decoding(ctx: dict) -> dict:
     import torch
 
-    from nmt.files import read_lines
-    from nmt.translate import Translator
+    from nmt.decoding.translator import Translator
+    from nmt.utils.files import read_lines
 
     run_dir = Path(ctx["work"]) / "quality"
     if not (run_dir / "best.pt").is_file():
@@ -464,7 +465,7 @@ def part_nccl(ctx: dict) -> dict:
         text=True,
         env=_env(),
     )
-    from nmt import runlog
+    from nmt.training import runlog
 
     log = runlog.read(work / "run")
     return {
@@ -496,7 +497,7 @@ def _partial(ctx: dict, name: str, result: dict) -> None:
 
 def _log_summary(run_dir: Path) -> dict:
     """The training log's last validation and its end record, if any."""
-    from nmt import runlog
+    from nmt.training import runlog
 
     log = runlog.read(run_dir)
     if not log:

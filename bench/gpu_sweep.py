@@ -116,7 +116,7 @@ def run_variant(
 
 
 def _results(run_dir: Path, seconds: float) -> dict:
-    from nmt import runlog
+    from nmt.training import runlog
 
     log = runlog.read(run_dir)
     valid = [r for r in log if r["kind"] == "valid"]

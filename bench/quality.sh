@@ -89,7 +89,7 @@ EOF
 import datetime, json, sys
 from pathlib import Path
 from nmt import runlog
-from nmt.files import read_lines
+from nmt.utils.files import read_lines
 from nmt.score import score_lines
 # With an ensemble the steps, speed and validation figures are the first member's.
 run, first, ref, name = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]

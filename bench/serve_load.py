@@ -128,7 +128,7 @@ def _server(args: argparse.Namespace, mode: str, log: Path) -> Iterator[int]:
 def _offline(args: argparse.Namespace, lines: list[str]) -> tuple[float, list[str]]:
     import torch
 
-    from nmt.translate import Translator
+    from nmt.decoding.translator import Translator
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,13 +1,13 @@
 """Training throughput: target tokens/s, step time and peak memory of training steps.
 
-Runs real optimizer steps of `nmt.trainer.Trainer` on a recipe's preprocessed data (run
+Runs real optimizer steps of `nmt.training.trainer.Trainer` on a recipe's preprocessed data (run
 `nmt preprocess RECIPE` first) and reports medians over several timed windows. Each variant runs
 in a fresh process, so peak memory is its own.
 
     python bench/train_speed.py recipes/multi30k_en_de.yaml --steps 20 --windows 3
     python bench/train_speed.py recipes/multi30k_en_de.yaml --variant attn=model.attention=luong
 
-Like `nmt train`, each process keeps freed memory for reuse on CPU (nmt.device.reuse_freed_memory);
+Like `nmt train`, each process keeps freed memory for reuse on CPU (nmt.utils.device.reuse_freed_memory);
 the pseudo-setting `malloc=glibc` in a variant leaves the C library's defaults instead.
 """
 
@@ -35,10 +35,10 @@ def _rss_bytes() -> int:
 def measure(recipe_path: str, overrides: list[str], steps: int, windows: int) -> dict:
     """Time `windows` windows of `steps` updates each, after two warm-up updates."""
     from nmt import config
-    from nmt.device import resolve_device, reuse_freed_memory
-    from nmt.distributed import World
-    from nmt.model import count_parameters
-    from nmt.run import Run
+    from nmt.models.base import count_parameters
+    from nmt.training.distributed import World
+    from nmt.training.run import Run
+    from nmt.utils.device import resolve_device, reuse_freed_memory
 
     glibc_malloc = "malloc=glibc" in overrides
     overrides = [o for o in overrides if o != "malloc=glibc"]

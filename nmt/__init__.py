@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from nmt.config import DecodeConfig
+    from nmt.decoding.records import Translation
+    from nmt.decoding.translator import Translator
     from nmt.errors import NmtError
     from nmt.score import Score, score_lines
-    from nmt.translate import Translation, Translator
 
 __version__ = "0.1.0"
 
@@ -33,8 +34,8 @@ _LAZY = {
     "NmtError": "nmt.errors",
     "Score": "nmt.score",
     "score_lines": "nmt.score",
-    "Translation": "nmt.translate",
-    "Translator": "nmt.translate",
+    "Translation": "nmt.decoding.records",
+    "Translator": "nmt.decoding.translator",
 }
 
 

@@ -10,7 +10,7 @@ This module owns the schema. Every checkpoint holds
     tokenizers   the SentencePiece models, serialized ({"src": bytes, "tgt": bytes})
     step         the update the weights are from
 
-and a training checkpoint (last.pt) also `train_state` (nmt.run.TrainState as a mapping),
+and a training checkpoint (last.pt) also `train_state` (nmt.training.run.TrainState as a mapping),
 `optimizer`, `scaler` and `rng`. An averaged one lists its sources in `averaged`.
 
 `check_resumable` decides whether a run's last.pt can go on with a given recipe.
@@ -26,6 +26,7 @@ import json
 import logging
 import pickle
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ import torch
 
 from nmt import config
 from nmt.errors import NmtError
-from nmt.files import atomic_write
+from nmt.utils.files import atomic_write
 
 log = logging.getLogger("nmt")
 
@@ -44,7 +45,7 @@ SELECTED = "selected.json"  # which checkpoint `nmt translate RUN_DIR` uses, and
 
 
 def model_state(model: torch.nn.Module, recipe: config.Recipe, prepared: Any, step: int) -> dict:
-    """The weights with everything needed to rebuild and use them (`prepared`: nmt.data.Prepared)."""
+    """The weights with everything needed to rebuild and use them (`prepared`: nmt.data.dataset.Prepared)."""
     return {
         "model": model.state_dict(),
         "model_args": {
@@ -223,40 +224,6 @@ def _upgrade_1_to_2(state: dict) -> dict:
     return upgraded
 
 
-def load_model(
-    state: dict[str, Any], path: Path | str = "checkpoint"
-) -> tuple[config.Recipe, torch.nn.Module, Any, Any]:
-    """Rebuild the recipe, the model (weights loaded) and both tokenizers from a loaded
-    checkpoint."""
-    from nmt.model import build_model
-    from nmt.tokenizer import Tokenizer
-
-    try:
-        recipe = config.from_dict(state["recipe"])
-    except NmtError as e:
-        raise NmtError(f"{path}: its recipe is invalid for this nmt ({e})") from None
-    src_tok = Tokenizer(state["tokenizers"]["src"])
-    tgt_tok = Tokenizer(state["tokenizers"]["tgt"])
-    args = state["model_args"]
-    if (args["src_vocab"], args["tgt_vocab"]) != (len(src_tok), len(tgt_tok)):
-        raise NmtError(
-            f"{path}: its SentencePiece models have {len(src_tok)}/{len(tgt_tok)} pieces but the "
-            f"model was built for {args['src_vocab']}/{args['tgt_vocab']}"
-        )
-    model = build_model(recipe.model, args["src_vocab"], args["tgt_vocab"], args["share_all"])
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        # The first line only says "Error(s) in loading state_dict"; the next one says which.
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        first = lines[1] if len(lines) > 1 else lines[0]
-        first = first if len(first) < 200 else first[:200] + "..."
-        raise NmtError(
-            f"{path}: weights do not match the model its recipe describes ({first})"
-        ) from None
-    return recipe, model, src_tok, tgt_tok
-
-
 def step_checkpoints(run_dir: Path) -> list[Path]:
     """The run folder's step_<N>.pt files, oldest first."""
     found = []
@@ -271,8 +238,6 @@ def average(paths: list[Path]) -> dict[str, Any]:
     """The element-wise mean of the checkpoints' weights (accumulated in float64), with the
     first checkpoint's recipe, tokenizers and constructor arguments. All must share the model
     and the tokenizers."""
-    from nmt.tokenizer import same_models
-
     if not paths:
         raise NmtError("no checkpoints to average")
     first = load(paths[0])
@@ -283,7 +248,7 @@ def average(paths: list[Path]) -> dict[str, Any]:
         steps.append(state["step"])
         if state["recipe"]["model"] != first["recipe"]["model"]:
             raise NmtError(f"{path} has another model than {paths[0]}; only average one model")
-        if not same_models(state["tokenizers"], first["tokenizers"]):
+        if not same_tokenizers(state["tokenizers"], first["tokenizers"]):
             raise NmtError(f"{path} has other tokenizers than {paths[0]}; only average one model")
         if state["model"].keys() != sums.keys():
             raise NmtError(f"{path} has other weights than {paths[0]}")
@@ -348,3 +313,78 @@ def check_resumable(state: dict, recipe: config.Recipe, path: Path) -> None:
             f"{path.parent} has used its train.max_time ({recipe.train.max_time}); raise "
             "train.max_time to continue, or use --force to train from scratch"
         )
+
+
+def same_tokenizers(a: dict[str, bytes], b: dict[str, bytes]) -> bool:
+    """Whether two checkpoints' tokenizers ({"src": proto, "tgt": proto}) encode and decode
+    alike: the same serialized models once the paths of their training are left out, so two
+    runs preprocessed from the same text with the same settings (each in its own folder)
+    qualify for an ensemble, and any other difference does not."""
+    return a.keys() == b.keys() and all(_without_paths(a[k]) == _without_paths(b[k]) for k in a)
+
+
+# Field numbers of sentencepiece_model.proto: ModelProto.trainer_spec, and within TrainerSpec
+# `input` (the training files) and `model_prefix` (where the model was written). Nothing reads
+# these two when encoding or decoding.
+_TRAINER_SPEC, _INPUT, _MODEL_PREFIX = 2, 1, 2
+
+
+def _without_paths(proto: bytes) -> bytes:
+    """The serialized ModelProto without TrainerSpec's input and model_prefix, re-serialized
+    field by field (protobuf's wire format; sentencepiece's own protobuf classes need the
+    protobuf package, which nmt does not depend on)."""
+    out = bytearray()
+    try:
+        for number, wire, raw, payload in _wire_fields(proto):
+            if number == _TRAINER_SPEC and wire == 2:
+                kept = b"".join(
+                    r for n, _, r, _ in _wire_fields(payload) if n not in (_INPUT, _MODEL_PREFIX)
+                )
+                out += _varint(number << 3 | 2) + _varint(len(kept)) + kept
+            else:
+                out += raw
+    except (IndexError, ValueError):
+        return proto  # not a protobuf message: compared as it is
+    return bytes(out)
+
+
+def _wire_fields(data: bytes) -> Iterator[tuple[int, int, bytes, bytes]]:
+    """(field number, wire type, the field's bytes, its payload if length-delimited)."""
+    i = 0
+    while i < len(data):
+        start = i
+        key, i = _read_varint(data, i)
+        wire, payload = key & 7, b""
+        if wire == 0:
+            _, i = _read_varint(data, i)
+        elif wire == 1:
+            i += 8
+        elif wire == 2:
+            size, i = _read_varint(data, i)
+            payload, i = data[i : i + size], i + size
+            if i > len(data):
+                raise ValueError("a field runs past the end")
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"protobuf wire type {wire}")
+        yield key >> 3, wire, data[start:i], payload
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i, shift = i + 1, shift + 7
+        if byte < 0x80:
+            return value, i
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)

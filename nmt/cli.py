@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
-from nmt import lock
 from nmt.errors import NmtError
+from nmt.utils import lock
 
 app = typer.Typer(
     name="nmt",
@@ -73,11 +73,12 @@ def preprocess(
     force: Annotated[bool, typer.Option(help="Replace existing preprocessed data.")] = False,
 ) -> None:
     """Train SentencePiece, filter and binarize the recipe's parallel data."""
-    from nmt import config, data
+    from nmt import config
+    from nmt.data.preprocess import preprocess as run_preprocess
 
     with user_errors():
         cfg = config.load(recipe, set_)
-        data.preprocess(cfg, force=force)
+        run_preprocess(cfg, force=force)
         stderr.print(f"preprocessed data written to {cfg.prepared_dir}")
 
 
@@ -100,7 +101,7 @@ def train(
     command then resumes exactly where it stopped.
     """
     from nmt import config
-    from nmt.train import train as run_training
+    from nmt.training.loop import train as run_training
 
     with user_errors():
         cfg = config.load(recipe, set_)
@@ -268,9 +269,9 @@ def translate(
 ) -> None:
     """Translate lines of text (a file or stdin), one output line per input line. CHECKPOINTS
     may also be one folder written by `nmt export`, decoded with CTranslate2."""
-    from nmt import lines
-    from nmt.files import read_lines
-    from nmt.translate import Translator, reference_scores
+    from nmt.decoding import lines
+    from nmt.decoding.translator import Translator, reference_scores
+    from nmt.utils.files import read_lines
 
     with user_errors():
         # Every flag is checked before a model is loaded.
@@ -356,7 +357,7 @@ def _require_files(**flags: Path | None) -> None:
 
 def _prepare_plot_folder(folder: Path) -> None:
     """--plot-attention's folder, created now, and matplotlib present, before a model loads."""
-    from nmt import plot
+    from nmt.utils import plot
 
     plot.check_available()
     try:
@@ -396,7 +397,7 @@ def tune(
 ) -> None:
     """Choose beam size and length penalty on the validation set (never the test set); the
     best go into RUN_DIR/recipe.yaml, which `nmt translate RUN_DIR` decodes with."""
-    from nmt.tune import tune as run_tuning
+    from nmt.training.tune import tune as run_tuning
 
     with user_errors():
         beams = _numbers(beam_size, int, "--beam-size")
@@ -478,7 +479,7 @@ def export(
 ) -> None:
     """Export a trained model for CTranslate2, with its SentencePiece models and decoding
     defaults (needs pip install 'nmt[ctranslate2]'); `nmt translate OUT_DIR` decodes it."""
-    from nmt.export import export as export_model
+    from nmt.export.ctranslate2 import export as export_model
 
     with user_errors():
         with lock.hold_if_run_folder(out_dir.parent, "write an exported model"):
@@ -587,13 +588,13 @@ def curves(
 ) -> None:
     """Learning curves of runs: a table of validation BLEU (at given updates or minutes, the
     best, the averaged checkpoint's, the last), and with -o a picture of them."""
-    from nmt import curves as learning
+    from nmt.training import curves as learning
 
     with user_errors():
         steps = _numbers(at_step, int, "--at-step")
         minutes = _numbers(at_minutes, float, "--at-minutes")
         if output is not None:
-            from nmt.plot import check_available
+            from nmt.utils.plot import check_available
 
             check_available("nmt curves -o")
         read = [learning.read_curve(spec) for spec in runs]
@@ -657,8 +658,9 @@ def serve(
     """Serve models over HTTP (needs `pip install 'nmt[serve]'`): POST /translate, GET /health,
     GET /models, API docs at /docs. SIGTERM or Ctrl-C stops it after the requests in flight."""
     with user_errors():
-        from nmt.serve import Batching, Limits
-        from nmt.serve import serve as run_server
+        from nmt.serving.app import Limits
+        from nmt.serving.app import serve as run_server
+        from nmt.serving.batcher import Batching
 
         given = {
             "max_lines": max_lines,

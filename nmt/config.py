@@ -20,19 +20,23 @@ from typing import Any, Literal
 import yaml
 
 from nmt.errors import NmtError
-from nmt.files import atomic_write
+from nmt.utils.files import atomic_write
 
 
 @dataclass(frozen=True)
 class DataConfig:
     src_lang: str = "en"
+    """Source language: the suffix of the source files."""
     tgt_lang: str = "de"
-    # File prefixes: the files read are `{prefix}.{src_lang}` and `{prefix}.{tgt_lang}`.
+    """Target language: the suffix of the target files."""
     train: str = ""
+    """Training file prefix (required): `{train}.{src_lang}` and `{train}.{tgt_lang}` are read."""
     valid: str = ""
+    """Validation file prefix (required), read as `train` is."""
     test: str | None = None
-    # Where `nmt preprocess` writes binarized data; default: `<run_dir>/prepared`.
+    """Test file prefix, for your own scripts (nmt itself never reads it)."""
     prepared_dir: str | None = None
+    """Where `nmt preprocess` writes the binarized data; default: `<run_dir>/prepared`."""
 
     def validate(self) -> None:
         _require(self.src_lang != self.tgt_lang, "data.tgt_lang", "must differ from data.src_lang")
@@ -43,14 +47,20 @@ class DataConfig:
 @dataclass(frozen=True)
 class TokenizerConfig:
     type: Literal["unigram", "bpe"] = "unigram"
+    """SentencePiece model type: `unigram` or `bpe`."""
     joint: bool = True
+    """One vocabulary for both languages."""
     vocab_size: int = 8000
+    """Pieces per SentencePiece model."""
     character_coverage: float = 1.0
-    # SentencePiece trains on at most this many sentences (sampled), keeping memory bounded.
+    """SentencePiece's character coverage (1.0 keeps every character; 0.9995 suits large
+    alphabets)."""
     input_sentence_size: int = 1_000_000
-    # Reuse existing SentencePiece models instead of training; `src_model` alone when joint.
+    """SentencePiece trains on at most this many sentences (sampled), keeping memory bounded."""
     src_model: str | None = None
+    """Reuse this SentencePiece model instead of training one (alone when `joint`)."""
     tgt_model: str | None = None
+    """Reuse this target SentencePiece model (with `src_model`, when not `joint`)."""
 
     def validate(self) -> None:
         _require(self.vocab_size >= 16, "tokenizer.vocab_size", "must be at least 16")
@@ -69,9 +79,13 @@ class TokenizerConfig:
 
 @dataclass(frozen=True)
 class FilterConfig:
-    max_len: int = 100  # subword tokens per side
-    max_ratio: float = 3.0  # longer side / shorter side, in subword tokens
-    dedup: bool = False  # drop exact duplicate pairs
+    max_len: int = 100
+    """Drop training pairs with more subword tokens than this on either side."""
+    max_ratio: float = 3.0
+    """Drop training pairs whose longer side has more than this many times the tokens of the
+    shorter."""
+    dedup: bool = False
+    """Drop exact duplicate training pairs."""
 
     def validate(self) -> None:
         _require(self.max_len >= 1, "filter.max_len", "must be >= 1")
@@ -87,40 +101,58 @@ class AttentionSites:
     """The mechanism of each attention site: encoder self-, decoder self- and cross-attention."""
 
     encoder: AttentionKind = "multihead"
+    """Encoder self-attention."""
     decoder: AttentionKind = "multihead"
+    """Decoder self-attention."""
     cross: AttentionKind = "multihead"
+    """Decoder-to-encoder (cross-) attention."""
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    # `transformer` (nmt/transformer.py) or `rnn`: a bidirectional recurrent encoder and an
-    # attentional recurrent decoder, Bahdanau's or Luong's (nmt/rnn.py). For an RNN, d_model is
-    # the embedding size and `attention` is `bahdanau` or `luong`.
     arch: Literal["transformer", "rnn"] = "transformer"
+    """`transformer`, or `rnn`: a bidirectional recurrent encoder and an attentional recurrent
+    decoder, Bahdanau's or Luong's."""
     d_model: int = 256
+    """Model width (for `rnn`, the embedding size)."""
     heads: int = 4
+    """Attention heads (`transformer`)."""
     ff_dim: int = 1024
+    """Feed-forward inner size (`transformer`)."""
     encoder_layers: int = 3
+    """Encoder depth."""
     decoder_layers: int = 3
+    """Decoder depth (`rnn` with `luong`: equal to `encoder_layers`)."""
     dropout: float = 0.1
+    """Dropout on embeddings and between sublayers (for `rnn`: embeddings, between stacked
+    layers, before the output layer)."""
     attention_dropout: float = 0.0
+    """Dropout on attention weights (`transformer`)."""
     activation_dropout: float = 0.0
+    """Dropout inside the feed-forward block (`transformer`)."""
     activation: Literal["relu", "gelu"] = "relu"
+    """Feed-forward activation: `relu` or `gelu` (`transformer`)."""
     norm: Literal["pre", "post"] = "pre"
-    # One mechanism for every site, or a mapping {encoder: ..., decoder: ..., cross: ...}.
+    """`pre` or `post` layer norm (`transformer`)."""
     attention: AttentionKind | AttentionSites = "multihead"
-    # concat (vᵀ tanh(W [h_t; h̄_s])) is for arch rnn only.
+    """`multihead`, `luong` or `bahdanau` at every site, or a mapping per site: `{encoder:
+    multihead, decoder: multihead, cross: bahdanau}`. For `rnn`: `bahdanau` or `luong`."""
     luong_score: Literal["dot", "general", "concat"] = "general"
-    # Divide Luong's scores by sqrt(d_head) as multi-head does (the paper does not).
+    """Luong's score: `dot` (qᵀk), `general` (qᵀW k), or `concat` (vᵀ tanh(W [q; k]); `rnn`
+    only)."""
     luong_scaled: bool = False
-    # With a joint vocabulary the encoder embedding is tied too (all three matrices).
+    """Divide Luong's scores by √d_head, as multi-head attention does (the paper does not)."""
     share_all_embeddings: bool = True
+    """With a joint vocabulary, tie the encoder embedding too (encoder, decoder and output
+    projection share one matrix)."""
     max_positions: int = 1024
-    # arch rnn: the recurrent cell; the decoder's hidden size (each encoder direction has half
-    # of it, so the encoder's states have this size too); Luong's input feeding.
+    """Longest sequence, in tokens, the model accepts."""
     rnn_type: Literal["gru", "lstm"] = "gru"
+    """`rnn`: `gru` or `lstm` cells."""
     hidden_size: int = 512
+    """`rnn`: the decoder's hidden size; each encoder direction has half of it."""
     input_feeding: bool = True
+    """`rnn` with `luong` attention: feed h̃_{t-1} into the next step."""
 
     def validate(self) -> None:
         for name in ("d_model", "encoder_layers", "decoder_layers"):
@@ -197,47 +229,72 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_tokens: int = 4096  # per batch, counting padding, max(source, target) side
+    max_tokens: int = 4096
+    """Tokens per batch, padding included (the larger of the source and target side)."""
     accum_steps: int = 1
-    lr: float = 5e-4  # the peak, reached at the end of the warm-up
+    """Batches per optimizer update (gradient accumulation)."""
+    lr: float = 5e-4
+    """Peak learning rate, reached at the end of the warm-up."""
     warmup_steps: int = 4000
-    # After the warm-up: inverse_sqrt (never ends), or linear / cosine decay to min_lr at
-    # max_steps (or at the step max_time is expected to allow, when that comes first).
+    """Updates of linear warm-up."""
     schedule: Literal["inverse_sqrt", "linear", "cosine"] = "inverse_sqrt"
+    """After the warm-up: `inverse_sqrt` (lr·√(warmup/step), never ends), or `linear` / `cosine`
+    decay to `min_lr` at `max_steps` (or where `max_time` is expected to stop the run, when
+    that comes first)."""
     min_lr: float = 0.0
+    """Where `linear` and `cosine` decay end."""
     betas: tuple[float, float] = (0.9, 0.98)
+    """Adam's betas."""
     eps: float = 1e-9
+    """Adam's epsilon."""
     weight_decay: float = 0.0
-    clip_norm: float = 1.0  # 0 disables clipping
+    """Adam's L2 weight decay (coupled, as torch.optim.Adam applies it)."""
+    clip_norm: float = 1.0
+    """Gradient norm clipping; 0 disables it."""
     label_smoothing: float = 0.1
-    # Subword regularisation: every epoch, each training sentence is segmented anew by
-    # SentencePiece's sampling (Kudo, 2018): a unigram model samples among its `subword_nbest`
-    # best segmentations (-1: all) with smoothing `subword_alpha`; a BPE model drops merges
-    # with probability `subword_alpha` (BPE-dropout). 0 keeps the one best segmentation.
+    """Label smoothing of the cross-entropy."""
     subword_alpha: float = 0.0
+    """Subword regularisation: every epoch, each training sentence is segmented anew by
+    SentencePiece's sampling (Kudo, 2018): a unigram model samples with this smoothing
+    (0.1–0.5 are usual), a BPE model drops merges with this probability (BPE-dropout; 0.1). 0
+    keeps the one best segmentation; validation and translation always use it."""
     subword_nbest: int = -1
+    """A unigram model samples among its N best segmentations (-1: all of them)."""
     max_steps: int = 100_000
+    """Stop after this many updates."""
     max_epochs: int = 100
-    # A wall-clock budget for the whole `nmt train` (e.g. 2h, 90m, 1h30m, 45s, or seconds as a
-    # number): training stops in time to validate, save and average within it.
+    """Stop after this many epochs."""
     max_time: float | str | None = None
-    patience: int = 10  # validations without a better BLEU before stopping; 0 disables
-    keep_last: int = 0  # also keep step_<N>.pt of the last N validations (for `nmt average`)
-    # At the end, average the last N step checkpoints into averaged.pt and validate it; `nmt
-    # translate RUN_DIR` then uses whichever of best.pt and averaged.pt validated higher.
+    """A wall-clock budget for the whole `nmt train`, resumes included (`2h`, `90m`, `1h30m`,
+    `45s` or seconds): training stops in time to validate, save and average within it."""
+    patience: int = 10
+    """Stop after this many validations without a better BLEU; 0: never."""
+    keep_last: int = 0
+    """Also keep `step_<N>.pt` (weights only) of the last N validations, for `nmt average`."""
     average_last: int = 0
+    """At the end, average the last N step checkpoints into `averaged.pt` and validate it; `nmt
+    translate RUN_DIR` then uses whichever of `best.pt` and `averaged.pt` validated higher."""
     valid_every: int = 1000
+    """Validate (and save) every this many updates."""
     log_every: int = 50
+    """Log training loss, learning rate and speed every this many updates."""
     valid_search: Literal["greedy", "beam"] = "greedy"
+    """Search used for validation BLEU: `greedy` or `beam`."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """`auto` (bf16 or fp16 on a GPU, fp32 on a CPU), `fp32`, `bf16` or `fp16`."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
-    tf32: bool = True  # TF32 matmuls on GPUs that have them (Ampere and newer)
-    compile: bool = False  # torch.compile the training step's model (dynamic shapes)
-    # Fine-tuning: start from this checkpoint's weights (fresh optimizer and schedule); `nmt
-    # preprocess` then takes its SentencePiece models instead of training new ones.
+    """`auto`, `cpu` or `cuda`."""
+    threads: int = 0
+    """CPU threads for torch; 0 keeps torch's default."""
+    tf32: bool = True
+    """TF32 matmuls on GPUs that have them (Ampere and newer)."""
+    compile: bool = False
+    """`torch.compile` the training step's model (dynamic shapes)."""
     init_from: str | None = None
-    tensorboard: bool = False  # also write the logged scalars to run_dir/tensorboard
+    """Fine-tuning: start from this checkpoint's weights (same architecture; dropout may differ)
+    with a fresh optimizer and schedule; `nmt preprocess` then takes its SentencePiece models."""
+    tensorboard: bool = False
+    """Also write the logged numbers to `run_dir/tensorboard` (`pip install 'nmt[tensorboard]'`)."""
 
     def validate(self) -> None:
         for name in ("max_tokens", "accum_steps", "max_steps", "max_epochs", "valid_every"):
@@ -306,19 +363,33 @@ def parse_duration(value: float | str, key: str) -> float:
 @dataclass(frozen=True)
 class DecodeConfig:
     method: Literal["beam", "greedy", "sample"] = "beam"
+    """`beam`, `greedy` or `sample`."""
     beam_size: int = 5
-    length_penalty: float = 1.0  # GNMT alpha; 0 ranks by raw log-probability
-    max_len_a: float = 1.2  # output length limit: a * source length + b
+    """Beam width."""
+    length_penalty: float = 1.0
+    """GNMT length penalty α: hypotheses rank by log-probability / ((5 + length) / 6)^α; 0 ranks
+    by raw log-probability."""
+    max_len_a: float = 1.2
+    """Output at most `max_len_a` · source length + `max_len_b` tokens."""
     max_len_b: int = 10
-    min_len: int = 0  # no EOS before this many tokens
-    no_repeat_ngram: int = 0  # block repeating n-grams of this size; 0 disables
-    batch_tokens: int = 4096  # source tokens per translation batch
-    batch_size: int = 0  # at most this many sentences per translation batch; 0: no limit
-    # method: sample
+    """See `max_len_a`."""
+    min_len: int = 0
+    """No end of sentence before this many tokens."""
+    no_repeat_ngram: int = 0
+    """Never repeat an n-gram of this size; 0: off."""
+    batch_tokens: int = 4096
+    """Source tokens per translation batch."""
+    batch_size: int = 0
+    """At most this many sentences per translation batch; 0: no limit."""
     temperature: float = 1.0
-    top_k: int = 0  # 0 disables
-    top_p: float = 1.0  # nucleus sampling; 1 disables
+    """`sample`: softmax temperature."""
+    top_k: int = 0
+    """`sample`: draw from the k most likely tokens only; 0: all."""
+    top_p: float = 1.0
+    """`sample`: nucleus sampling, from the smallest set of tokens holding this much probability;
+    1: all."""
     sampling_seed: int = 1
+    """`sample`: the seed; the same seed gives the same samples."""
 
     def validate(self) -> None:
         _require(self.beam_size >= 1, "decode.beam_size", "must be >= 1")
@@ -337,14 +408,24 @@ class DecodeConfig:
 @dataclass(frozen=True)
 class Recipe:
     name: str = "experiment"
+    """A label for the run."""
     run_dir: str = "runs/experiment"
+    """The run folder: prepared data, checkpoints, logs, the resolved recipe."""
     seed: int = 1
+    """Seeds SentencePiece sampling, initialisation and batch shuffling."""
     data: DataConfig = field(default_factory=DataConfig)
+    """The parallel text."""
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    """The SentencePiece models."""
     filter: FilterConfig = field(default_factory=FilterConfig)
+    """Which training pairs `nmt preprocess` keeps."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    """The architecture and its sizes."""
     train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, schedule, budgets, checkpoints."""
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    """How `nmt translate` (and validation with beam search) decodes; `nmt tune` writes its
+    choice here."""
 
     @property
     def prepared_dir(self) -> Path:

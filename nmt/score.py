@@ -14,7 +14,7 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 from sacrebleu.significance import PairedTest
 
 from nmt.errors import NmtError
-from nmt.files import read_lines
+from nmt.utils.files import read_lines
 
 METRICS = ("bleu", "chrf", "chrf++", "ter")
 

@@ -50,13 +50,14 @@ def toy_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_prepared(tmp_path_factory, toy_corpus) -> Path:
     """The toy corpus preprocessed once (160-piece vocabulary); learning tests train on it."""
-    from nmt import config, data
+    from nmt import config
+    from nmt.data.preprocess import preprocess
 
     folder = tmp_path_factory.mktemp("toy_prepared")
     recipe = config.from_dict(
         tiny_recipe(toy_corpus, folder / "base", tokenizer={"vocab_size": 160})
     )
-    data.preprocess(recipe)
+    preprocess(recipe)
     return recipe.prepared_dir
 
 
@@ -121,12 +122,14 @@ def recipe_file(tmp_path, small_corpus) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, small_corpus) -> Path:
     """A run folder with a briefly trained tiny model (best.pt, last.pt, log.jsonl)."""
-    from nmt import config, data, train
+    from nmt import config
+    from nmt.data.preprocess import preprocess
+    from nmt.training import loop as train
 
     folder = tmp_path_factory.mktemp("trained")
     path = write_recipe(folder / "tiny.yaml", tiny_recipe(small_corpus, folder / "run"))
     recipe = config.load(path)
-    data.preprocess(recipe)
+    preprocess(recipe)
     train.train(recipe, progress=False)
     return folder / "run"
 

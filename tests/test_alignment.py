@@ -7,11 +7,11 @@ import json
 import torch
 from test_cli import assert_user_error, nmt
 
-from nmt.config import DecodeConfig, ModelConfig
-from nmt.data import pad_sequences
-from nmt.model import build_model
-from nmt.tokenizer import BOS, EOS
-from nmt.translate import Translator
+from nmt.config import ModelConfig
+from nmt.data.batches import pad_sequences
+from nmt.data.tokenizer import BOS, EOS
+from nmt.decoding.engine import TorchEngine
+from nmt.models.builder import build_model
 
 
 def test_cross_attention_equals_incremental_weights():
@@ -20,9 +20,9 @@ def test_cross_attention_equals_incremental_weights():
         d_model=16, heads=2, ff_dim=32, encoder_layers=1, decoder_layers=2, dropout=0.0
     )
     model = build_model(cfg, 12, 12, share_all=True).eval()
-    translator = Translator(model, None, None, DecodeConfig(), torch.device("cpu"))
+    engine = TorchEngine(model, torch.device("cpu"))
     src, hyp = [5, 6, 7, 8], [9, 4, 10]
-    got = translator.cross_attention(src, [hyp])[0]
+    got = engine.cross_attention(src, [hyp])[0]
     # Step by step with the cache, as the search runs.
     src_t = pad_sequences([torch.tensor(src)], None, EOS)
     rows = []

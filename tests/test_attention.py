@@ -1,4 +1,4 @@
-"""Correctness of the attention mechanisms in nmt.attention.
+"""Correctness of the attention mechanisms in nmt.models.attention.
 
 Every mechanism is checked against a float64 implementation written here from its formula (not
 from the module's code), using the module's own weights; MultiHeadAttention is also checked
@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import nmt.attention as attention_module
-from nmt.attention import (
+import nmt.models.attention as attention_module
+from nmt.models.attention import (
     Attention,
     BahdanauAttention,
     LuongAttention,

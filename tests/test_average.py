@@ -10,7 +10,10 @@ import torch
 from conftest import tiny_recipe, write_recipe
 from test_cli import assert_user_error, nmt
 
-from nmt import config, data, train
+from nmt import config
+from nmt.data.dataset import Prepared
+from nmt.data.preprocess import preprocess
+from nmt.training import loop as train
 
 
 def test_keep_last_then_average(tmp_path, small_corpus):
@@ -23,7 +26,7 @@ def test_keep_last_then_average(tmp_path, small_corpus):
         ),
     )
     recipe = config.load(recipe_path)
-    data.preprocess(recipe)
+    preprocess(recipe)
     train.train(recipe, progress=False)
     run = tmp_path / "run"
     assert sorted(p.name for p in run.glob("step_*.pt")) == ["step_4.pt", "step_6.pt"]
@@ -71,7 +74,7 @@ def test_average_last_writes_validates_and_selects(tmp_path, small_corpus):
             train={"max_steps": 24, "valid_every": 6, "average_last": 3},
         )
     )
-    data.preprocess(recipe)
+    preprocess(recipe)
     result = train.train(recipe, progress=False)
     run = tmp_path / "run"
     # average_last keeps the step checkpoints it needs (keep_last is 0).
@@ -89,10 +92,10 @@ def test_average_last_writes_validates_and_selects(tmp_path, small_corpus):
     chosen = "averaged.pt" if result.averaged_bleu >= result.best_bleu else "best.pt"
     assert selection["checkpoint"] == chosen == result.selected
     # The averaged weights score what the log says when validated again from the file.
-    from nmt.translate import Translator
-    from nmt.validate import validate
+    from nmt.decoding.translator import Translator
+    from nmt.training.validate import validate
 
-    prepared = data.Prepared.open(recipe.prepared_dir)
+    prepared = Prepared.open(recipe.prepared_dir)
     translator = Translator.load(run / "averaged.pt", method="greedy")
     again = validate(translator, prepared.dataset("valid"), *prepared.raw_valid(), 1024)
     assert again.bleu == pytest.approx(record["valid_bleu"], abs=1e-6)

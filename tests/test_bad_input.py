@@ -15,7 +15,8 @@ import torch
 from conftest import tiny_recipe, translate_process
 from test_cli import assert_user_error, nmt
 
-from nmt import config, data
+from nmt import config
+from nmt.data.preprocess import preprocess
 
 HUGE = " ".join(["the red dog saw a cat"] * 4000)[:100_000]  # a 100,000-character line
 
@@ -30,7 +31,7 @@ def test_huge_line_in_training_data_is_filtered_and_counted(tmp_path, small_corp
                 text = text + HUGE + "\n"  # the last pair: a huge source... and target
             (corpus / f"{split}.{lang}").write_text(text, encoding="utf-8")
     recipe = config.from_dict(tiny_recipe(corpus, tmp_path / "run"))
-    stats = data.preprocess(recipe)["filter"]
+    stats = preprocess(recipe)["filter"]
     assert stats["too_long"] == 1
     assert stats["kept"] == stats["read"] - 1
 
@@ -56,7 +57,7 @@ def test_checkpoint_with_a_mismatched_tokenizer_is_refused(trained_run, tmp_path
             Path(state["recipe"]["data"]["train"]).parent, other, tokenizer={"vocab_size": 100}
         )
     )
-    data.preprocess(recipe)
+    preprocess(recipe)
     proto = (recipe.prepared_dir / "spm.model").read_bytes()
     state["tokenizers"] = {"src": proto, "tgt": proto}
     bad = tmp_path / "mismatch.pt"

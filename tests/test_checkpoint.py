@@ -10,9 +10,12 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-from nmt import checkpoint, config, data, train
+from nmt import checkpoint, config
+from nmt.data.preprocess import preprocess
+from nmt.data.tokenizer import BOS, EOS, PAD
 from nmt.errors import NmtError
-from nmt.tokenizer import BOS, EOS, PAD
+from nmt.models.builder import load_model
+from nmt.training import loop as train
 
 
 def state(value: float) -> dict:
@@ -69,7 +72,7 @@ def untied_run(tmp_path_factory, small_corpus) -> Path:
     sides: the two embeddings were trained apart, although the two tokenizers are equal."""
     folder = tmp_path_factory.mktemp("untied")
     joint = config.from_dict(tiny_recipe(small_corpus, folder / "joint"))
-    data.preprocess(joint)
+    preprocess(joint)
     spm = str(joint.prepared_dir / "spm.model")
     recipe = config.from_dict(
         tiny_recipe(
@@ -79,7 +82,7 @@ def untied_run(tmp_path_factory, small_corpus) -> Path:
             train={"max_steps": 6, "valid_every": 6},
         )
     )
-    data.preprocess(recipe)
+    preprocess(recipe)
     train.train(recipe, progress=False)
     return folder / "run"
 
@@ -94,7 +97,7 @@ def _logits(model: torch.nn.Module) -> torch.Tensor:
 def test_joint_false_with_equal_tokenizers_loads_untied(untied_run):
     state = checkpoint.load(untied_run / "last.pt")
     assert state["model_args"]["share_all"] is False
-    _, model, src_tok, tgt_tok = checkpoint.load_model(state)
+    _, model, src_tok, tgt_tok = load_model(state)
     assert len(src_tok) == len(tgt_tok)
     assert model.src_embed is not model.tgt_embed
     trained = state["model"]
@@ -131,5 +134,5 @@ def test_format_1_checkpoints_upgrade_to_the_same_model(tmp_path, untied_run, tr
     upgraded = checkpoint.load(path)
     assert upgraded["format"] == checkpoint.FORMAT
     assert upgraded["model_args"] == state["model_args"]
-    expected = _logits(checkpoint.load_model(state)[1])
-    assert torch.equal(_logits(checkpoint.load_model(upgraded)[1]), expected)
+    expected = _logits(load_model(state)[1])
+    assert torch.equal(_logits(load_model(upgraded)[1]), expected)

@@ -13,8 +13,8 @@ import torch
 from test_model import KINDS, make_model, random_batch, rescore
 
 from nmt.config import DecodeConfig
+from nmt.decoding.search import Guide, Progress, beam_search, greedy_search, search
 from nmt.errors import NmtError
-from nmt.search import Guide, Progress, beam_search, greedy_search, search
 
 LENGTHS = [5, 2, 4, 6]
 BEAM = DecodeConfig(beam_size=4, length_penalty=1.0, max_len_a=1.0, max_len_b=3)

@@ -8,8 +8,8 @@ import json
 import pytest
 from test_cli import assert_user_error, nmt
 
-from nmt.lines import Request
-from nmt.translate import Translator
+from nmt.decoding.records import Request
+from nmt.decoding.translator import Translator
 
 LINES = ["The dog saw the cat.", "A girl ran near the red house.", "", "The boy laughed."]
 

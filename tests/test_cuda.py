@@ -14,14 +14,16 @@ import torch
 from conftest import tiny_recipe
 from test_cli import assert_user_error, nmt
 
-from nmt import config, data
+from nmt import config
 from nmt.config import ModelConfig
-from nmt.data import Prepared, collate
-from nmt.loss import batch_loss
-from nmt.model import build_model
-from nmt.run import initial_model
-from nmt.trainer import Trainer
-from nmt.translate import Translator
+from nmt.data.batches import collate
+from nmt.data.dataset import Prepared
+from nmt.data.preprocess import preprocess
+from nmt.decoding.translator import Translator
+from nmt.models.builder import build_model
+from nmt.training.loss import batch_loss
+from nmt.training.run import initial_model
+from nmt.training.trainer import Trainer
 
 pytestmark = [
     pytest.mark.cuda,
@@ -46,7 +48,7 @@ def _model(attention: str) -> torch.nn.Module:
 
 
 def _batch(seed: int = 1):
-    from nmt.data import Batch, pad_sequences
+    from nmt.data.batches import Batch, pad_sequences
 
     generator = torch.Generator().manual_seed(seed)
     lengths = [9, 4, 7, 12, 3, 8]
@@ -95,7 +97,7 @@ def test_fp16_loss_scaling_skips_and_counts_an_overflow(tmp_path, small_corpus):
     recipe = config.from_dict(
         tiny_recipe(small_corpus, tmp_path / "run", train={"precision": "fp16", "device": "cuda"})
     )
-    data.preprocess(recipe)
+    preprocess(recipe)
     prepared = Prepared.open(recipe.prepared_dir)
     model = initial_model(recipe, prepared).cuda()
     trainer = Trainer(model, recipe.train, torch.device("cuda"), "fp16")
@@ -132,7 +134,7 @@ def test_a_gpu_process_runs_attention_without_cudnn():
     GPU turns it off, and a bf16 update then runs flash or memory-efficient kernels."""
     from torch.profiler import ProfilerActivity, profile
 
-    from nmt.device import autocast, resolve_device
+    from nmt.utils.device import autocast, resolve_device
 
     device = resolve_device("cuda")
     assert not torch.backends.cuda.cudnn_sdp_enabled()

@@ -8,7 +8,7 @@ import sys
 
 from test_cli import assert_user_error, nmt
 
-from nmt import curves, runlog
+from nmt.training import curves, runlog
 
 # (step, minutes since the start, BLEU) of each validation of a made-up run.
 VALIDATIONS = [(250, 10.0, 12.5), (500, 21.0, 20.25), (750, 33.0, 24.0), (1000, 44.5, 24.0)]

@@ -10,10 +10,12 @@ import torch
 from conftest import tiny_recipe
 
 from nmt import config
-from nmt.data import Prepared, TokenArray, collate, preprocess, token_batches
+from nmt.data.batches import collate, token_batches
+from nmt.data.dataset import Prepared, TokenArray
+from nmt.data.preprocess import preprocess
+from nmt.data.tokenizer import BOS, EOS, PAD
 from nmt.errors import NmtError
-from nmt.files import read_lines
-from nmt.tokenizer import BOS, EOS, PAD
+from nmt.utils.files import read_lines
 
 
 def recipe_for(corpus: Path, run_dir: Path, **sections) -> config.Recipe:
@@ -180,7 +182,7 @@ def test_unreadable_file_is_one_clear_line(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr("nmt.files.open", refuse, raising=False)
+    monkeypatch.setattr("nmt.utils.files.open", refuse, raising=False)
     with pytest.raises(NmtError, match=r"cannot read .*train\.de: permission denied"):
         preprocess(recipe_for(corpus, tmp_path / "run"))
     assert not (tmp_path / "run").exists()

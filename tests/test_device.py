@@ -1,17 +1,17 @@
-"""The C library's handling of freed memory on CPU (nmt.device.reuse_freed_memory)."""
+"""The C library's handling of freed memory on CPU (nmt.utils.device.reuse_freed_memory)."""
 
 import subprocess
 import sys
 
 import pytest
 
-from nmt.device import glibc
+from nmt.utils.device import glibc
 
 # Allocates and frees a 64 MiB tensor (the size of a training step's logits) twenty times and
 # prints the page faults the last ten caused: each fresh mapping faults once per page.
 _CHURN = """
 import resource, sys, torch
-from nmt.device import reuse_freed_memory
+from nmt.utils.device import reuse_freed_memory
 if sys.argv[1] == "reuse":
     assert reuse_freed_memory()
 for _ in range(10):  # the heap grows over the first few, then holds free blocks to reuse
@@ -40,7 +40,7 @@ def test_freed_blocks_are_reused_without_page_faults():
 
 @pytest.mark.skipif(glibc() is not None, reason="elsewhere the setting is left alone")
 def test_reports_when_it_cannot_apply():
-    from nmt.device import reuse_freed_memory
+    from nmt.utils.device import reuse_freed_memory
 
     assert reuse_freed_memory() is False
 
@@ -50,7 +50,7 @@ def test_resolving_a_gpu_turns_cudnn_attention_off(monkeypatch):
     never on CPU. Checked on a GPU itself in tests/test_cuda.py."""
     import torch
 
-    from nmt.device import resolve_device
+    from nmt.utils.device import resolve_device
 
     calls = []
     monkeypatch.setattr(torch.backends.cuda, "enable_cudnn_sdp", calls.append)

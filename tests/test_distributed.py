@@ -13,8 +13,11 @@ import pytest
 import torch
 from conftest import tiny_recipe, write_recipe
 
-from nmt import config, data, run, train
-from nmt.data import Prepared
+from nmt import config
+from nmt.data.dataset import Prepared
+from nmt.data.preprocess import preprocess
+from nmt.training import loop as train
+from nmt.training import run
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 6
@@ -53,7 +56,7 @@ def _recipe(corpus: Path, run_dir: Path, prepared: Path, model: dict, **train_va
 @pytest.mark.parametrize("model", [MODEL, RNN], ids=["transformer", "rnn"])
 def test_two_gloo_processes_equal_one_process_with_accumulation(tmp_path, small_corpus, model):
     shared = config.from_dict(tiny_recipe(small_corpus, tmp_path / "prep", train=TRAIN))
-    data.preprocess(shared)
+    preprocess(shared)
     prepared = shared.prepared_dir
 
     single_dir = tmp_path / "single"

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 from test_cli import assert_user_error, nmt
 
 from nmt.config import DecodeConfig, ModelConfig
-from nmt.model import Ensemble, build_model
-from nmt.search import beam_search, greedy_search
+from nmt.decoding.search import beam_search, greedy_search
+from nmt.models.builder import build_model
+from nmt.models.ensemble import Ensemble
 
 VOCAB = 14
 
@@ -71,10 +72,11 @@ def _preprocessed_models(tmp_path, corpus, name, **tokenizer):
     """The SentencePiece model `nmt preprocess` trains for the tiny recipe, in its own folder."""
     from conftest import tiny_recipe
 
-    from nmt import config, data
+    from nmt import config
+    from nmt.data.preprocess import preprocess
 
     recipe = config.from_dict(tiny_recipe(corpus, tmp_path / name, tokenizer=tokenizer))
-    data.preprocess(recipe)
+    preprocess(recipe)
     return (recipe.prepared_dir / "spm.model").read_bytes()
 
 
@@ -83,7 +85,7 @@ def test_runs_preprocessed_apart_from_the_same_text_make_an_ensemble(
 ):
     import shutil
 
-    from nmt.tokenizer import same_models
+    from nmt.checkpoint import same_tokenizers
 
     # The same corpus at another path, preprocessed into another run folder: the model's bytes
     # differ (it records its training files and output path), its pieces do not.
@@ -93,12 +95,12 @@ def test_runs_preprocessed_apart_from_the_same_text_make_an_ensemble(
     there = _preprocessed_models(tmp_path, copy, "there")
     bigger = _preprocessed_models(tmp_path, small_corpus, "bigger", vocab_size=130)
     assert here != there
-    assert same_models({"src": here, "tgt": here}, {"src": there, "tgt": there})
-    assert not same_models({"src": here, "tgt": here}, {"src": bigger, "tgt": bigger})
-    assert not same_models({"src": here, "tgt": here}, {"src": b"x", "tgt": b"x"})
+    assert same_tokenizers({"src": here, "tgt": here}, {"src": there, "tgt": there})
+    assert not same_tokenizers({"src": here, "tgt": here}, {"src": bigger, "tgt": bigger})
+    assert not same_tokenizers({"src": here, "tgt": here}, {"src": b"x", "tgt": b"x"})
 
     best = torch.load(trained_run / "best.pt", weights_only=True)
-    assert same_models(best["tokenizers"], {"src": there, "tgt": there})
+    assert same_tokenizers(best["tokenizers"], {"src": there, "tgt": there})
     best["tokenizers"] = {"src": there, "tgt": there}
     torch.save(best, tmp_path / "apart.pt")
     text = "The dog laughed.\nA cat saw the boy.\n"
@@ -116,7 +118,7 @@ def test_runs_preprocessed_apart_from_the_same_text_make_an_ensemble(
 
 def test_paths_left_out_as_protobuf_itself_would(small_corpus, tmp_path):
     pb = pytest.importorskip("sentencepiece.sentencepiece_model_pb2")
-    from nmt.tokenizer import _without_paths
+    from nmt.checkpoint import _without_paths
 
     proto = _preprocessed_models(tmp_path, small_corpus, "run")
     message = pb.ModelProto()

@@ -6,7 +6,7 @@ test set most beam searches end with EOS, at various lengths, while some sentenc
 length limit, where the two searches differ by design. Both decoders run on the test set
 as one batch (as `nmt translate` batches it), in fp32, on one thread.
 
-What is compared, and what may differ (nmt/ct2.py says how the options map):
+What is compared, and what may differ (nmt/decoding/ct2.py says how the options map):
 - Greedy search: every line, tokens equal and scores within 1e-3, length limits included (a
   hypothesis cut at its limit is scored with EOS by CTranslate2's score_batch, as ours).
 - Beam search (K = 5): every line whose search ends before the step before its length limit:
@@ -14,7 +14,7 @@ What is compared, and what may differ (nmt/ct2.py says how the options map):
   score / length ** beta; it runs with beta = 1e-6 (by log-probability), and our GNMT ranking,
   ((5 + length) / 6) ** alpha with EOS in the length, is applied to the hypotheses it returns.
   When more hypotheses finish at a sentence's last step than it needs, ours keeps the first K,
-  CTranslate2 the K most likely of all: our best is always among them (nmt/ct2.py says why);
+  CTranslate2 the K most likely of all: our best is always among them (nmt/decoding/ct2.py says why);
   for n-best lists such a sentence is decoded again keeping all, and the first K are taken.
 - Beam search, sentences reaching the step before their limit: CTranslate2 finishes its K best
   candidates of that step, EOS or not; ours finishes the EOS among them and gives the K best
@@ -38,15 +38,18 @@ import torch
 from conftest import tiny_recipe, write_recipe
 from typer.testing import CliRunner
 
-from nmt import checkpoint, config, data, train
+from nmt import checkpoint, config
 from nmt.cli import app
-from nmt.data import pad_sequences
+from nmt.data.batches import pad_sequences
+from nmt.data.preprocess import preprocess
+from nmt.data.tokenizer import BOS, EOS
+from nmt.decoding.ct2 import EXPORT_FILE
+from nmt.decoding.search import max_lengths
+from nmt.decoding.translator import Translator
 from nmt.errors import NmtError
-from nmt.export import EXPORT_FILE, export
-from nmt.model import build_model
-from nmt.search import max_lengths
-from nmt.tokenizer import BOS, EOS
-from nmt.translate import Translator
+from nmt.export.ctranslate2 import export
+from nmt.models.builder import build_model, load_model
+from nmt.training import loop as train
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 runner = CliRunner()
@@ -69,7 +72,7 @@ def learned_run(tmp_path_factory, small_corpus) -> Path:
         decode={"beam_size": 5},
     )
     cfg = config.load(write_recipe(folder / "tiny.yaml", recipe))
-    data.preprocess(cfg)
+    preprocess(cfg)
     try:
         train.train(cfg, progress=False)
     finally:
@@ -167,7 +170,7 @@ def test_ctranslate2_scores_like_our_model(learned_run, toy_test_set, tmp_path, 
     if variant:
         source = save_variant(checkpoint.load(source), tmp_path / "variant.pt", **variant)
     folder = export(source, tmp_path / "ct2")
-    _, model, src_tok, tgt_tok = checkpoint.load_model(checkpoint.load(source))
+    _, model, src_tok, tgt_tok = load_model(checkpoint.load(source))
     model.eval()
     sources = src_tok.encode(toy_test_set[0][:8])
     targets = tgt_tok.encode(toy_test_set[1][:8])

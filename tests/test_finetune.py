@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 from conftest import tiny_recipe
 
-from nmt import checkpoint, config, data, files, train
+from nmt import checkpoint, config
+from nmt.data.preprocess import preprocess
+from nmt.decoding.translator import Translator
 from nmt.errors import NmtError
 from nmt.score import score_lines
-from nmt.translate import Translator
+from nmt.training import loop as train
+from nmt.utils import files
 
 WORD = "teacher"  # the in-domain word: its characters occur elsewhere, the word does not
 MODEL = {
@@ -60,7 +63,7 @@ def test_fine_tuning_on_an_in_domain_slice_improves_it(tmp_path, toy_corpus):
             decode={"method": "greedy"},
         )
     )
-    data.preprocess(base)
+    preprocess(base)
     train.train(base, progress=False)
     before = _bleu(tmp_path / "base", domain)
 
@@ -81,7 +84,7 @@ def test_fine_tuning_on_an_in_domain_slice_improves_it(tmp_path, toy_corpus):
             decode={"method": "greedy"},
         )
     )
-    data.preprocess(tuned)
+    preprocess(tuned)
     # The checkpoint's SentencePiece models, not new ones trained on the slice.
     base_models = checkpoint.load(tmp_path / "base" / "best.pt")["tokenizers"]
     assert (tuned.prepared_dir / "spm.model").read_bytes() == base_models["src"]
@@ -98,11 +101,11 @@ def test_mismatched_architecture_and_languages_are_refused(tmp_path, trained_run
     wider = config.from_dict(
         tiny_recipe(corpus, tmp_path / "wide", model={"d_model": 64}, train=init)
     )
-    data.preprocess(wider)
+    preprocess(wider)
     with pytest.raises(NmtError, match=r"has model\.d_model = 32, the recipe 64; fine-tuning"):
         train.train(wider, progress=False)
     reversed_pair = config.from_dict(
         tiny_recipe(corpus, tmp_path / "rev", data={"src_lang": "de", "tgt_lang": "en"}, train=init)
     )
     with pytest.raises(NmtError, match=r"translates en-de, but the recipe's data are de-en"):
-        data.preprocess(reversed_pair)
+        preprocess(reversed_pair)

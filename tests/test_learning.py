@@ -12,9 +12,11 @@ import time
 import pytest
 from conftest import tiny_recipe
 
-from nmt import config, files, train
+from nmt import config
+from nmt.decoding.translator import Translator
 from nmt.score import score_lines
-from nmt.translate import Translator
+from nmt.training import loop as train
+from nmt.utils import files
 
 THRESHOLD = 60.0  # BLEU on the toy test set; copying the source gets about 3
 INT8_TOLERANCE = 2.0  # BLEU points an int8-quantized copy of the trained model may lose

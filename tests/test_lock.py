@@ -13,8 +13,10 @@ from conftest import tiny_recipe, write_recipe
 from test_cli import assert_user_error, nmt
 from test_resume import nmt_train, step_losses, wait_for_step
 
-from nmt import config, data, lock
+from nmt import config
+from nmt.data.preprocess import preprocess
 from nmt.errors import NmtError
+from nmt.utils import lock
 
 
 def _recipe(tmp_path, small_corpus, **train):
@@ -28,7 +30,7 @@ def test_second_train_on_a_folder_in_use_is_refused_and_the_first_goes_on(tmp_pa
     # Far more steps than the test waits for: the first run must still be training however
     # long the second takes to start; it is stopped by SIGTERM at the end.
     recipe = _recipe(tmp_path, small_corpus, max_steps=1_000_000, valid_every=1_000_000)
-    data.preprocess(config.load(recipe))
+    preprocess(config.load(recipe))
     run = tmp_path / "run"
     first = nmt_train(recipe)
     try:
@@ -55,7 +57,7 @@ def test_second_train_on_a_folder_in_use_is_refused_and_the_first_goes_on(tmp_pa
 
 def test_a_lock_left_by_a_killed_run_does_not_block_the_resume(tmp_path, small_corpus):
     recipe = _recipe(tmp_path, small_corpus)
-    data.preprocess(config.load(recipe))
+    preprocess(config.load(recipe))
     run = tmp_path / "run"
     first = nmt_train(recipe)
     wait_for_step(run, 12, first)  # last.pt was saved at step 10

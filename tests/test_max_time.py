@@ -11,15 +11,18 @@ import pytest
 from conftest import tiny_recipe
 from test_resume import STEPS, TRAIN, assert_same_losses, make_recipe, step_losses
 
-from nmt import budget, config, data, train
+from nmt import config
+from nmt.data.preprocess import preprocess
 from nmt.errors import NmtError
+from nmt.training import budget
+from nmt.training import loop as train
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, small_corpus):
     folder = tmp_path_factory.mktemp("budget_data")
     recipe = config.from_dict(tiny_recipe(small_corpus, folder / "run", train=TRAIN))
-    data.preprocess(recipe)
+    preprocess(recipe)
     return recipe.prepared_dir
 
 

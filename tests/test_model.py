@@ -1,6 +1,6 @@
 """The Transformer model and the searches, for every attention mechanism.
 
-Tiny models are built through nmt.config.ModelConfig + nmt.model.build_model for each attention
+Tiny models are built through nmt.config.ModelConfig + nmt.models.builder.build_model for each attention
 kind (and a per-site mix), in pre- and post-norm. Checked: shapes, invariance to source padding,
 causality of the decoder, incremental (cached) decoding against the full forward pass, and the
 searches: reported scores equal teacher-forced re-scoring, beam 1 equals greedy, beam's best
@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 
 from nmt.config import AttentionSites, DecodeConfig, ModelConfig
-from nmt.model import Dropout, build_model
-from nmt.search import Hypothesis, beam_search, greedy_search, length_penalty
-from nmt.tokenizer import BOS, EOS, PAD
-from nmt.transformer import Transformer
+from nmt.data.tokenizer import BOS, EOS, PAD
+from nmt.decoding.search import Hypothesis, beam_search, greedy_search, length_penalty
+from nmt.models.base import Dropout
+from nmt.models.builder import build_model
+from nmt.models.transformer import Transformer
 
 VOCAB = 13  # 0-3 are PAD, UNK, BOS, EOS
 ATOL = 1e-5

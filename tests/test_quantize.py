@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from test_cli import assert_user_error, nmt
 
 from nmt.config import DecodeConfig, ModelConfig
-from nmt.model import build_model
-from nmt.quantize import quantize_int8
-from nmt.search import beam_search
+from nmt.decoding.search import beam_search
+from nmt.models.builder import build_model
+from nmt.models.quantize import quantize_int8
 
 VOCAB = 50
 

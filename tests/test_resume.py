@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import tiny_recipe, write_recipe
 
-from nmt import config, data, train
+from nmt import config
+from nmt.data.preprocess import preprocess
 from nmt.errors import NmtError
+from nmt.training import loop as train
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 14
@@ -36,7 +38,7 @@ def step_losses(run_dir: Path) -> dict[int, float]:
 def prepared(tmp_path_factory, small_corpus) -> Path:
     folder = tmp_path_factory.mktemp("resume_data")
     recipe = config.from_dict(tiny_recipe(small_corpus, folder / "run", train=TRAIN))
-    data.preprocess(recipe)
+    preprocess(recipe)
     return recipe.prepared_dir
 
 

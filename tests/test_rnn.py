@@ -1,4 +1,4 @@
-"""RNN encoder-decoders (nmt/rnn.py): Bahdanau and Luong attention as first published.
+"""RNN encoder-decoders (nmt/models/rnn.py): Bahdanau and Luong attention as first published.
 
 Every variant is checked against a float64 implementation written here from the papers'
 equations (and PyTorch's documented GRU / LSTM cells), with the module's own weights, one
@@ -22,15 +22,19 @@ from test_learning import THRESHOLD
 from test_model import VOCAB, log_probs, random_batch, rescore, target_in
 from test_resume import step_losses
 
-from nmt import config, data, files, train
+from nmt import config
 from nmt.config import DecodeConfig, ModelConfig
+from nmt.data.preprocess import preprocess
+from nmt.data.tokenizer import EOS, PAD
+from nmt.decoding.search import beam_search, greedy_search
+from nmt.decoding.translator import Translator
 from nmt.errors import NmtError
-from nmt.model import Ensemble, build_model
-from nmt.quantize import quantize_int8
+from nmt.models.builder import build_model
+from nmt.models.ensemble import Ensemble
+from nmt.models.quantize import quantize_int8
 from nmt.score import score_lines
-from nmt.search import beam_search, greedy_search
-from nmt.tokenizer import EOS, PAD
-from nmt.translate import Translator
+from nmt.training import loop as train
+from nmt.utils import files
 
 ATOL = 1e-5
 
@@ -461,7 +465,7 @@ def rnn_recipe(corpus, run_dir, **train_values) -> dict:
 def test_train_average_resume_and_translate(tmp_path, small_corpus):
     tree = rnn_recipe(small_corpus, tmp_path / "run", average_last=2, threads=1)
     recipe = config.from_dict(tree)
-    data.preprocess(recipe)
+    preprocess(recipe)
     train.train(recipe, progress=False)
     run = tmp_path / "run"
     assert (run / "averaged.pt").is_file()

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from nmt.config import DecodeConfig, ModelConfig
-from nmt.model import build_model
-from nmt.search import Sampler, beam_search, greedy_search
-from nmt.tokenizer import EOS, PAD
+from nmt.data.tokenizer import EOS, PAD
+from nmt.decoding.search import Sampler, beam_search, greedy_search
+from nmt.models.builder import build_model
 
 VOCAB = 12
 

@@ -23,8 +23,9 @@ httpx = pytest.importorskip("httpx")
 from conftest import default_sigint  # noqa: E402
 from test_cli import assert_user_error, nmt  # noqa: E402
 
-from nmt.serve import Batcher, Batching, Options  # noqa: E402
-from nmt.translate import Translation, Translator  # noqa: E402
+from nmt.decoding.records import Translation  # noqa: E402
+from nmt.decoding.translator import Translator  # noqa: E402
+from nmt.serving.batcher import Batcher, Batching, Options  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60  # seconds, for every HTTP call and wait
@@ -301,7 +302,7 @@ def test_serve_refuses_bad_arguments(trained_run, tmp_path, monkeypatch):
         port = str(taken.getsockname()[1])
         assert_user_error(nmt("serve", trained_run, "--port", port), "cannot listen", port)
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # import now fails
-    monkeypatch.delitem(sys.modules, "nmt.serve")
+    monkeypatch.delitem(sys.modules, "nmt.serving.app")
     assert_user_error(nmt("serve", trained_run), "pip install 'nmt[serve]'")
 
 

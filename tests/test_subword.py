@@ -10,9 +10,11 @@ import pytest
 from conftest import tiny_recipe
 from test_resume import assert_same_losses, make_recipe, step_losses
 
-from nmt import config, data, train
-from nmt.data import Prepared, SubwordSampler
-from nmt.tokenizer import UNK
+from nmt import config
+from nmt.data.dataset import Prepared, SubwordSampler
+from nmt.data.preprocess import preprocess
+from nmt.data.tokenizer import UNK
+from nmt.training import loop as train
 
 MAX_LEN = 64
 
@@ -32,7 +34,7 @@ def bpe_prepared(tmp_path_factory, small_corpus) -> Path:
     recipe = config.from_dict(
         tiny_recipe(small_corpus, folder / "run", tokenizer={"type": "bpe", "vocab_size": 200})
     )
-    data.preprocess(recipe)
+    preprocess(recipe)
     return recipe.prepared_dir
 
 
@@ -83,7 +85,7 @@ def test_a_run_that_samples_resumes_exactly_across_epochs(tmp_path, small_corpus
     prep = tmp_path / "prepared"
     for name in ("p", "whole", "split", "plain"):
         (tmp_path / name).mkdir()
-    data.preprocess(config.load(make_recipe(tmp_path / "p", small_corpus, prep, **values)))
+    preprocess(config.load(make_recipe(tmp_path / "p", small_corpus, prep, **values)))
     whole = make_recipe(tmp_path / "whole", small_corpus, prep, **values)
     result = train.train(config.load(whole), progress=False)
     assert result.epochs >= 3

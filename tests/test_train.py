@@ -10,13 +10,17 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-from nmt import config, data, schedule, train
+from nmt import config
 from nmt.config import TrainConfig
-from nmt.data import Prepared, collate
-from nmt.loss import batch_loss
-from nmt.run import initial_model
-from nmt.tokenizer import PAD
-from nmt.trainer import Trainer, _LossModule
+from nmt.data.batches import collate
+from nmt.data.dataset import Prepared
+from nmt.data.preprocess import preprocess
+from nmt.data.tokenizer import PAD
+from nmt.training import loop as train
+from nmt.training import schedule
+from nmt.training.loss import batch_loss
+from nmt.training.run import initial_model
+from nmt.training.trainer import Trainer, _LossModule
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +29,7 @@ def trainer_recipe(tmp_path_factory, small_corpus):
     recipe = config.from_dict(
         tiny_recipe(small_corpus, folder / "run", model={"dropout": 0.0}, train={"clip_norm": 0.0})
     )
-    data.preprocess(recipe)
+    preprocess(recipe)
     return recipe
 
 
@@ -206,7 +210,7 @@ def test_tensorboard_gets_the_logged_scalars(tmp_path, small_corpus, trainer_rec
 
 
 def test_prefetched_batches_keep_order_and_raise_the_producer_s_error():
-    from nmt.run import _prefetched
+    from nmt.training.run import _prefetched
 
     assert list(_prefetched(iter(range(50)), depth=2)) == list(range(50))
 
@@ -226,7 +230,7 @@ def test_prefetched_batches_keep_order_and_raise_the_producer_s_error():
 
 
 def test_the_run_log_reads_back_what_was_written(tmp_path):
-    from nmt import runlog
+    from nmt.training import runlog
 
     written = [
         {"kind": "start", "step": 0},

@@ -8,7 +8,7 @@ import subprocess
 
 from conftest import translate_process
 
-from nmt.translate import Translator
+from nmt.decoding.translator import Translator
 
 LINES = [
     "The dog laughed.",

@@ -10,9 +10,10 @@ import torch
 import yaml
 from test_cli import assert_user_error, nmt
 
-from nmt import config, data
+from nmt import config
+from nmt.data.dataset import Prepared
+from nmt.decoding.translator import Translator
 from nmt.score import score_lines
-from nmt.translate import Translator
 
 
 def test_tune_picks_the_best_pair_on_the_validation_set(trained_run, tmp_path):
@@ -35,7 +36,7 @@ def test_tune_picks_the_best_pair_on_the_validation_set(trained_run, tmp_path):
     assert record["chosen"] == best
     # Each trial's BLEU is what that setting really scores on the validation set.
     prepared = config.load(run / "recipe.yaml").prepared_dir
-    sources, references = data.Prepared.open(prepared).raw_valid()
+    sources, references = Prepared.open(prepared).raw_valid()
     for t in trials[1:3]:
         translator = Translator.load(
             run, method="beam", beam_size=t["beam_size"], length_penalty=t["length_penalty"]
@@ -70,7 +71,7 @@ def test_tune_an_ensemble(trained_run, tmp_path):
     record = json.loads((run / "tune.json").read_text())
     assert record["ensemble"] == [str(run), str(member)]
     prepared = config.load(run / "recipe.yaml").prepared_dir
-    sources, references = data.Prepared.open(prepared).raw_valid()
+    sources, references = Prepared.open(prepared).raw_valid()
     for t in record["trials"][1:]:
         # Each trial scores what the ensemble, not the first model, translates with it.
         settings = {

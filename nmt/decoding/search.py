@@ -1,0 +1,457 @@
+"""Greedy search, sampling and beam search over any model with the decoding interface of
+nmt.models.base (start, step, reorder, max_output_length).
+
+Every search decodes a batch of sentences at once and drops sentences from the active batch as
+soon as they are finished, so no compute is spent on them. The model is fed one new token per
+row and step; beam search reorders the model's state whenever it reorders hypotheses.
+
+Options come in one object, the recipe's `decode` section (nmt.config.DecodeConfig).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from nmt.config import DecodeConfig
+from nmt.data.tokenizer import BOS, EOS, PAD
+from nmt.errors import NmtError
+from nmt.models.base import EncoderDecoder
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    tokens: list[int]  # without BOS and EOS
+    score: float  # sum of token log-probabilities, EOS included
+    norm_score: float  # score / length_penalty(length with EOS, alpha): what beam search ranks
+
+
+def length_penalty(length: int, alpha: float) -> float:
+    """GNMT's penalty (Wu et al., 2016): ((5 + length) / 6) ** alpha; alpha 0 disables it."""
+    return ((5.0 + length) / 6.0) ** alpha
+
+
+def max_lengths(src: torch.Tensor, a: float, b: int, limit: int) -> list[int]:
+    """Per-sentence output limit a * source length + b, capped by the model's limit."""
+    src_len = src.ne(PAD).sum(dim=1).tolist()
+    return [min(int(a * n + b), limit) for n in src_len]
+
+
+def _next_log_probs(model: EncoderDecoder, state, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities of the next token after `tokens` (B, 1); never PAD or BOS."""
+    lp = model.step(state, tokens)
+    lp[:, PAD] = -math.inf
+    lp[:, BOS] = -math.inf
+    return lp
+
+
+def _force_eos(lp: torch.Tensor, rows: list[int]) -> None:
+    """At a length limit only EOS may follow; it keeps its own log-probability."""
+    if rows:
+        at = torch.tensor(rows, device=lp.device)
+        eos = lp[at, EOS].clone()
+        lp[at] = -math.inf
+        lp[at, EOS] = eos
+
+
+def _force_prefix(
+    lp: torch.Tensor, raw: torch.Tensor, prefixes: list[list[int]], step: int
+) -> None:
+    """A row whose prefix goes on at this step can only take its next token, scored as the
+    model scores it (`raw`: the log-probabilities before any blocking rule)."""
+    for row, prefix in enumerate(prefixes):
+        if step < len(prefix):
+            lp[row] = -math.inf
+            lp[row, prefix[step]] = raw[row, prefix[step]]
+
+
+def _apply_length_and_repeat_rules(
+    lp: torch.Tensor, tokens: torch.Tensor, step: int, options: DecodeConfig
+) -> None:
+    """No EOS before `min_len` tokens; no token that would repeat an n-gram of the row's own
+    output (`no_repeat_ngram` = n). `tokens` are the rows' outputs so far, BOS first."""
+    if step < options.min_len:
+        lp[:, EOS] = -math.inf
+    n = options.no_repeat_ngram
+    if n > 0 and step + 1 >= n:
+        history = tokens[:, 1:].tolist()
+        for row, seq in enumerate(history):
+            prefix = tuple(seq[len(seq) - n + 1 :]) if n > 1 else ()
+            banned = [
+                seq[i + n - 1]
+                for i in range(len(seq) - n + 1)
+                if tuple(seq[i : i + n - 1]) == prefix
+            ]
+            if banned:
+                lp[row, banned] = -math.inf
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Draws the next token from the model's distribution, sharpened or flattened by
+    `temperature`, restricted to the `top_k` most likely tokens and to the smallest set whose
+    probability reaches `top_p` (0 and 1 disable them)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    generator: torch.Generator | None = None
+
+    def __call__(self, lp: torch.Tensor) -> torch.Tensor:
+        logits = lp / self.temperature
+        if self.top_k > 0:
+            kth = logits.topk(min(self.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        if self.top_p < 1.0:
+            sorted_logits, order = logits.sort(dim=-1, descending=True)
+            cumulative = sorted_logits.softmax(-1).cumsum(-1)
+            # Drop a token when the tokens before it already reach top_p (the first stays).
+            drop = (cumulative - sorted_logits.softmax(-1)) >= self.top_p
+            logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, -math.inf))
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+
+
+def search(
+    model: EncoderDecoder,
+    src: torch.Tensor,
+    options: DecodeConfig,
+    *,
+    nbest: int = 1,
+    generator: torch.Generator | None = None,
+    guide: Guide | None = None,
+) -> list[list[Hypothesis]]:
+    """The search `options.method` names; each sentence's hypotheses, best first (one for
+    greedy search and sampling; `generator` seeds sampling). A `guide` with constraints needs
+    beam search; its prefixes work with every search."""
+    if options.method == "beam":
+        return beam_search(model, src, options, nbest=nbest, guide=guide)
+    if guide is not None and any(guide.constraints):
+        raise NmtError("constraints need beam search (decode.method: beam)")
+    prefixes = guide.prefixes if guide is not None else None
+    return [[h] for h in greedy_search(model, src, options, generator=generator, prefixes=prefixes)]
+
+
+@torch.inference_mode()
+def greedy_search(
+    model: EncoderDecoder,
+    src: torch.Tensor,
+    options: DecodeConfig,
+    *,
+    generator: torch.Generator | None = None,
+    prefixes: list[list[int]] | None = None,
+) -> list[Hypothesis]:
+    """The most likely token at each step or, with `options.method == "sample"`, a sampled
+    one; each sentence's `prefixes` entry (target tokens) is forced first. Scores are the
+    model's own log-probabilities of the chosen tokens."""
+    sampler = None
+    if options.method == "sample":
+        sampler = Sampler(options.temperature, options.top_k, options.top_p, generator)
+    device = src.device
+    limits = max_lengths(src, options.max_len_a, options.max_len_b, model.max_output_length)
+    prefixes = prefixes or [[] for _ in limits]
+    limits = [max(n, min(len(p), model.max_output_length)) for n, p in zip(limits, prefixes)]
+    state = model.start(src)
+    active = list(range(src.shape[0]))  # sentence of each row
+    tokens = torch.full((len(active), 1), BOS, dtype=torch.long, device=device)
+    scores = torch.zeros(len(active), device=device)
+    results: list[Hypothesis | None] = [None] * len(active)
+    for step in range(max(limits) + 1):
+        lp = _next_log_probs(model, state, tokens[:, -1:])
+        forcing = any(step < len(prefixes[s]) for s in active)
+        raw = lp.clone() if forcing else lp
+        _apply_length_and_repeat_rules(lp, tokens, step, options)
+        _force_eos(lp, [row for row, s in enumerate(active) if step >= limits[s]])
+        if forcing:
+            _force_prefix(lp, raw, [prefixes[s] for s in active], step)
+        if sampler is None:
+            best_lp, best = lp.max(dim=-1)
+        else:
+            best = sampler(lp)
+            best_lp = lp.gather(1, best[:, None]).squeeze(1)
+        scores = scores + best_lp
+        tokens = torch.cat([tokens, best[:, None]], dim=1)
+        done = best.eq(EOS).tolist()
+        if not any(done):
+            continue
+        keep = []
+        for row, sentence in enumerate(active):
+            if done[row]:
+                score = scores[row].item()
+                penalty = length_penalty(step + 1, options.length_penalty)
+                results[sentence] = Hypothesis(tokens[row, 1:-1].tolist(), score, score / penalty)
+            else:
+                keep.append(row)
+        if not keep:
+            break
+        order = torch.tensor(keep, device=device)
+        active = [active[r] for r in keep]
+        tokens, scores = tokens[order], scores[order]
+        model.reorder(state, order, order)
+    return [r if r is not None else Hypothesis([], -math.inf, -math.inf) for r in results]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far one hypothesis is through its sentence's constraints (target phrases that must
+    appear): which are met, and the phrase being generated and how many of its tokens are out.
+    A token that breaks a phrase in progress unwinds it (Post & Vilar, 2018)."""
+
+    met: tuple[bool, ...]
+    current: int = -1  # the phrase in progress, -1: none
+    position: int = 0  # its tokens generated so far
+
+    def advance(self, token: int, phrases: Sequence[Sequence[int]]) -> Progress:
+        met = self.met
+        if self.current >= 0:
+            phrase = phrases[self.current]
+            if phrase[self.position] == token:
+                if self.position + 1 < len(phrase):
+                    return Progress(met, self.current, self.position + 1)
+                met = met[: self.current] + (True,) + met[self.current + 1 :]
+                return Progress(met)
+        for j, phrase in enumerate(phrases):  # a token may start an unmet phrase
+            if not met[j] and phrase[0] == token:
+                if len(phrase) == 1:
+                    return Progress(met[:j] + (True,) + met[j + 1 :])
+                return Progress(met, j, 1)
+        return Progress(met)
+
+    def done(self) -> bool:
+        return all(self.met)
+
+    def count(self, phrases: Sequence[Sequence[int]]) -> int:
+        """Constraint tokens generated: the phrases met, and the one in progress so far."""
+        return sum(len(p) for p, m in zip(phrases, self.met) if m) + max(self.position, 0)
+
+    def wanted(self, phrases: Sequence[Sequence[int]]) -> list[int]:
+        """The tokens that would make progress: the next of the phrase in progress, else the
+        first of each unmet phrase."""
+        if self.current >= 0:
+            return [phrases[self.current][self.position]]
+        return list(dict.fromkeys(p[0] for p, m in zip(phrases, self.met) if not m))
+
+    def remaining(self, phrases: Sequence[Sequence[int]]) -> int:
+        return sum(len(p) for p in phrases) - self.count(phrases)
+
+
+@dataclass
+class Guide:
+    """What beam search must produce besides likely text, per sentence: a target `prefix` to
+    continue from (forced, and scored like any token) and `constraints`, target phrases that
+    must all appear in every finished hypothesis."""
+
+    prefixes: list[list[int]]
+    constraints: list[list[list[int]]]
+
+    def extra_steps(self, sentence: int) -> int:
+        """Steps a sentence may take beyond its length limit: enough to complete its prefix and
+        its constraints."""
+        return len(self.prefixes[sentence]) + sum(map(len, self.constraints[sentence]))
+
+
+def _restrict(
+    lp: torch.Tensor,
+    raw: torch.Tensor,
+    step: int,
+    rows: list[tuple[int, Progress | None]],
+    guide: Guide,
+    limits: list[int],
+) -> None:
+    """For each row (its sentence, its constraint progress): a prefix token still to come is the
+    only choice; EOS waits until every constraint is met; at the length limit a row with unmet
+    constraints may only make progress, and one without may only end. Forced tokens keep the
+    model's own log-probability (`raw`, before blocking rules such as no-repeat)."""
+    for row, (sentence, progress) in enumerate(rows):
+        prefix = guide.prefixes[sentence]
+        phrases = guide.constraints[sentence]
+        allowed: list[int] | None = None
+        if step < len(prefix):
+            allowed = [prefix[step]]
+        elif progress is not None and not progress.done():
+            lp[row, EOS] = -math.inf
+            if step >= limits[sentence]:
+                allowed = progress.wanted(phrases)
+        elif step >= limits[sentence]:
+            allowed = [EOS]
+        if allowed is not None:
+            lp[row] = -math.inf
+            lp[row, allowed] = raw[row, allowed]
+
+
+def _select_guided(
+    K: int,
+    beams: list[int],
+    toks: list[int],
+    scs: list[float],
+    lp: torch.Tensor,
+    row_scores: list[float],
+    progress: list[Progress | None],
+    phrases: list[list[int]],
+) -> tuple[list[tuple[int, float]], list[tuple[int, int, float, Progress | None]]]:
+    """One sentence's step under constraints, with dynamic beam allocation (Post & Vilar,
+    2018): the top candidates, plus each live hypothesis' best token and the tokens that would
+    advance its constraints; hypotheses are grouped into banks by the number of constraint
+    tokens they have generated, and the K beam slots are dealt to the banks in turn, most
+    advanced first, each taking its best candidates. Returns the finishing candidates (beam,
+    score) and the K survivors (beam, token, score, progress)."""
+    pool = {(b, t): sc for b, t, sc in zip(beams, toks, scs) if sc != -math.inf}
+    for beam, score in enumerate(row_scores):
+        if score == -math.inf or progress[beam] is None:
+            continue
+        row = lp[beam]
+        extra = progress[beam].wanted(phrases) + [int(row.argmax())]
+        for tok in extra:
+            value = score + float(row[tok])
+            if value != -math.inf:
+                pool.setdefault((beam, tok), value)
+    ranked = sorted(pool.items(), key=lambda item: -item[1])
+    finishing = [(b, sc) for rank, ((b, t), sc) in enumerate(ranked) if t == EOS and rank < K]
+    banks: dict[int, list] = {}
+    for (beam, tok), sc in ranked:
+        if tok == EOS:
+            continue
+        advanced = progress[beam].advance(tok, phrases)
+        banks.setdefault(advanced.count(phrases), []).append((beam, tok, sc, advanced))
+    chosen: list = []
+    order = sorted(banks, reverse=True)
+    while len(chosen) < K and any(banks[c] for c in order):
+        for c in order:
+            if banks[c] and len(chosen) < K:
+                chosen.append(banks[c].pop(0))
+    chosen.sort(key=lambda candidate: -candidate[2])
+    return finishing, chosen
+
+
+@torch.inference_mode()
+def beam_search(
+    model: EncoderDecoder,
+    src: torch.Tensor,
+    options: DecodeConfig,
+    *,
+    nbest: int = 1,
+    guide: Guide | None = None,
+) -> list[list[Hypothesis]]:
+    """Returns, for each sentence, its `nbest` best finished hypotheses, best first.
+
+    Each step takes the 2K best continuations of the K live hypotheses; an EOS among the top K
+    finishes a hypothesis, and the K best others live on. A sentence is done when it has K
+    finished hypotheses (fairseq's early stop); at its length limit only EOS is allowed.
+    K is the beam size, raised to `nbest` if that is larger. With a `guide`, each sentence
+    continues its prefix and every finished hypothesis holds all its constraints (see
+    `_select_guided`); the limit then stretches by as many tokens as they need.
+    """
+    K = max(options.beam_size, nbest)
+    alpha = options.length_penalty
+    device = src.device
+    n_sent = src.shape[0]
+    limits = max_lengths(src, options.max_len_a, options.max_len_b, model.max_output_length)
+    last_step = max(limits)
+    if guide is not None:
+        last_step = max(
+            min(n + guide.extra_steps(i), model.max_output_length) for i, n in enumerate(limits)
+        )
+    state = model.start(src)
+    expand = torch.arange(n_sent, device=device).repeat_interleave(K)
+    model.reorder(state, expand, expand)  # K rows per sentence
+    active = list(range(n_sent))
+    tokens = torch.full((n_sent * K, 1), BOS, dtype=torch.long, device=device)
+    # Only the first beam is live at the start; the others would duplicate it.
+    scores = torch.full((n_sent, K), -math.inf, device=device)
+    scores[:, 0] = 0.0
+    progress: list[Progress | None] = [None] * (n_sent * K)
+    if guide is not None:
+        progress = [
+            Progress((False,) * len(guide.constraints[i])) for i in range(n_sent) for _ in range(K)
+        ]
+    finished: list[list[Hypothesis]] = [[] for _ in range(n_sent)]
+    for step in range(last_step + 1):
+        lp = _next_log_probs(model, state, tokens[:, -1:])
+        vocab = lp.shape[1]
+        raw = lp.clone() if guide is not None else lp
+        _apply_length_and_repeat_rules(lp, tokens, step, options)
+        if guide is None:
+            _force_eos(
+                lp,
+                [i * K + k for i, s in enumerate(active) if step >= limits[s] for k in range(K)],
+            )
+        else:
+            rows = [(s, progress[i * K + k]) for i, s in enumerate(active) for k in range(K)]
+            _restrict(lp, raw, step, rows, guide, limits)
+        n = len(active)
+        candidates = (scores[:, :, None] + lp.view(n, K, vocab)).view(n, K * vocab)
+        top_scores, top_idx = candidates.topk(min(2 * K, K * vocab), dim=1)
+        top_beam, top_tok = (top_idx // vocab).tolist(), (top_idx % vocab).tolist()
+        top_scores_list = top_scores.tolist()
+        rows, next_tokens, next_scores, kept = [], [], [], []  # kept: indices into active
+        next_progress: list[Progress | None] = []
+        for i, sentence in enumerate(active):
+            done = finished[sentence]
+            if guide is None:
+                finishing, live = _select(K, top_beam[i], top_tok[i], top_scores_list[i])
+            else:
+                finishing, live = _select_guided(
+                    K,
+                    top_beam[i],
+                    top_tok[i],
+                    top_scores_list[i],
+                    lp[i * K : (i + 1) * K],
+                    scores[i].tolist(),
+                    progress[i * K : (i + 1) * K],
+                    guide.constraints[sentence],
+                )
+            for beam, sc in finishing:
+                if len(done) < K:
+                    history = tokens[i * K + beam, 1:].tolist()
+                    norm = sc / length_penalty(len(history) + 1, alpha)
+                    done.append(Hypothesis(history, sc, norm))
+            if len(done) >= K or not live:
+                continue
+            while len(live) < K:  # keep K rows per sentence; dead rows score -inf
+                live.append((*live[0][:2], -math.inf, *live[0][3:]))
+            kept.append(i)
+            for beam, tok, sc, *advanced in live:
+                rows.append(i * K + beam)
+                next_tokens.append(tok)
+                next_scores.append(sc)
+                next_progress.append(advanced[0] if advanced else None)
+        if not kept:
+            break
+        order = torch.tensor(rows, device=device)
+        # Source-side rows are the same for the K rows of a sentence: they only move when
+        # sentences leave, and then by whole blocks.
+        source_order = None
+        if len(kept) < len(active):
+            source_order = torch.tensor([i * K + k for i in kept for k in range(K)], device=device)
+        active = [active[i] for i in kept]
+        tokens = torch.cat(
+            [tokens[order], torch.tensor(next_tokens, device=device)[:, None]], dim=1
+        )
+        scores = torch.tensor(next_scores, device=device).view(len(active), K)
+        progress = next_progress
+        model.reorder(state, order, source_order)
+    results = []
+    for hyps in finished:
+        hyps = sorted(hyps, key=lambda h: h.norm_score, reverse=True)
+        results.append(hyps[:nbest] if hyps else [Hypothesis([], -math.inf, -math.inf)])
+    return results
+
+
+def _select(
+    K: int, beams: list[int], toks: list[int], scs: list[float]
+) -> tuple[list[tuple[int, float]], list[tuple[int, int, float]]]:
+    """One sentence's step: EOS among the top K candidates finishes a hypothesis; the K best
+    others live on. Returns the finishing (beam, score) and the survivors (beam, token, score)."""
+    finishing, live = [], []
+    for rank, (beam, tok, sc) in enumerate(zip(beams, toks, scs)):
+        if sc == -math.inf:
+            break
+        if tok == EOS:
+            if rank < K:
+                finishing.append((beam, sc))
+        elif len(live) < K:
+            live.append((beam, tok, sc))
+    return finishing, live

@@ -1,0 +1,286 @@
+"""The encoder-decoder Transformer (Vaswani et al., 2017), built from a ModelConfig.
+
+    embed(x) = E[x] · √d_model + PE(pos)            PE(pos, 2i) = sin(pos / 10000^(2i/d_model))
+                                                    PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model))
+    pre-norm layer:  x = x + Dropout(Sublayer(LayerNorm(x)))   (a final LayerNorm ends each stack)
+    post-norm layer: x = LayerNorm(x + Dropout(Sublayer(x)))
+    FFN(x) = W₂ · Dropout(act(W₁ x + b₁)) + b₂
+
+The decoder's output projection is its input embedding (tied); with a joint vocabulary and
+`share_all_embeddings` the encoder shares that matrix too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nmt.config import ModelConfig
+from nmt.data.tokenizer import PAD
+from nmt.models.attention import (
+    Attention,
+    BahdanauAttention,
+    LuongAttention,
+    MultiHeadAttention,
+    reorder_cache,
+)
+from nmt.models.base import Dropout, EncoderDecoder
+
+# One dict per decoder layer: {"self": {...}, "cross": {...}}, filled by the attention modules.
+DecoderCache = list[dict[str, dict[str, torch.Tensor]]]
+
+
+def build_attention(cfg: ModelConfig, site: str) -> Attention:
+    """The attention mechanism the recipe names for `site` (the single place that chooses it).
+
+    Cross-attention reads a fixed memory, so its keys/values are cached once per sentence.
+    """
+    kind = cfg.attention_at(site)
+    args = (cfg.d_model, cfg.heads, cfg.attention_dropout, site == "cross")
+    if kind == "multihead":
+        return MultiHeadAttention(*args)
+    if kind == "luong":
+        return LuongAttention(*args, score=cfg.luong_score, scaled=cfg.luong_scaled)
+    if kind == "bahdanau":
+        return BahdanauAttention(*args)
+    raise ValueError(f"unknown attention {kind!r}")
+
+
+def sinusoidal_positions(length: int, d_model: int) -> torch.Tensor:
+    position = torch.arange(length, dtype=torch.float64)[:, None]
+    inv_freq = torch.exp(
+        torch.arange(0, d_model, 2, dtype=torch.float64) * (-math.log(1e4) / d_model)
+    )
+    table = torch.zeros(length, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq)[:, : d_model // 2]
+    return table.float()
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.d_model, cfg.ff_dim)
+        self.fc2 = nn.Linear(cfg.ff_dim, cfg.d_model)
+        self.activation = F.relu if cfg.activation == "relu" else F.gelu
+        self.dropout = Dropout(cfg.activation_dropout)
+        for fc in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.activation(self.fc1(x))))
+
+
+class Residual(nn.Module):
+    """A sublayer wrapped with dropout, the residual connection and its layer norm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.dropout = Dropout(cfg.dropout)
+        self.pre_norm = cfg.norm == "pre"
+
+    def forward(self, x: torch.Tensor, sublayer: Any) -> torch.Tensor:
+        if self.pre_norm:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = build_attention(cfg, "encoder")
+        self.ff = FeedForward(cfg)
+        self.attn_block, self.ff_block = Residual(cfg), Residual(cfg)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        x = self.attn_block(x, lambda h: self.self_attn(h, h, key_padding_mask=pad_mask)[0])
+        return self.ff_block(x, self.ff)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = build_attention(cfg, "decoder")
+        self.cross_attn = build_attention(cfg, "cross")
+        self.ff = FeedForward(cfg)
+        self.self_block, self.cross_block, self.ff_block = (
+            Residual(cfg),
+            Residual(cfg),
+            Residual(cfg),
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        memory: torch.Tensor,
+        src_pad_mask: torch.Tensor,
+        cache: dict[str, dict[str, torch.Tensor]] | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self_cache = cache["self"] if cache is not None else None
+        cross_cache = cache["cross"] if cache is not None else None
+        x = self.self_block(x, lambda h: self.self_attn(h, h, causal=True, cache=self_cache)[0])
+        weights = None
+
+        def cross(h: torch.Tensor) -> torch.Tensor:
+            nonlocal weights
+            out, weights = self.cross_attn(
+                h,
+                memory,
+                key_padding_mask=src_pad_mask,
+                cache=cross_cache,
+                need_weights=need_weights,
+            )
+            return out
+
+        x = self.cross_block(x, cross)
+        return self.ff_block(x, self.ff), weights
+
+
+@dataclass
+class TransformerState:
+    """What decoding a batch needs between steps: the encoder's output, the source padding mask
+    and the decoder's key/value cache, one row per hypothesis."""
+
+    memory: torch.Tensor  # (B, S, d_model)
+    pad_mask: torch.Tensor  # (B, S), True at padding
+    cache: DecoderCache
+    length: int = 0  # target positions decoded so far
+
+
+class Transformer(EncoderDecoder):
+    def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, share_all: bool):
+        super().__init__()
+        self.cfg = cfg
+        self.scale = math.sqrt(cfg.d_model)
+        self.tgt_embed = nn.Embedding(tgt_vocab, cfg.d_model, padding_idx=PAD)
+        nn.init.normal_(self.tgt_embed.weight, 0.0, cfg.d_model**-0.5)
+        nn.init.zeros_(self.tgt_embed.weight[PAD])
+        if share_all:
+            if src_vocab != tgt_vocab:
+                raise ValueError("shared embeddings need one vocabulary")
+            self.src_embed = self.tgt_embed
+        else:
+            self.src_embed = nn.Embedding(src_vocab, cfg.d_model, padding_idx=PAD)
+            nn.init.normal_(self.src_embed.weight, 0.0, cfg.d_model**-0.5)
+            nn.init.zeros_(self.src_embed.weight[PAD])
+        # The output projection is the target embedding; a module of its own so that int8
+        # quantization can replace it (the embedding lookup keeps the float table).
+        self.output_projection = torch.nn.utils.skip_init(
+            nn.Linear, cfg.d_model, tgt_vocab, bias=False
+        )
+        self.output_projection.weight = self.tgt_embed.weight
+        self.register_buffer(
+            "positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
+        )
+        self.dropout = Dropout(cfg.dropout)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        pre = cfg.norm == "pre"
+        self.encoder_norm = nn.LayerNorm(cfg.d_model) if pre else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(cfg.d_model) if pre else nn.Identity()
+
+    @property
+    def max_source_length(self) -> int:
+        return self.cfg.max_positions - 1  # room for EOS
+
+    @property
+    def max_output_length(self) -> int:
+        return self.cfg.max_positions - 1  # room for BOS
+
+    def _embed(self, embedding: nn.Embedding, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        length = tokens.shape[1]
+        if start + length > self.cfg.max_positions:
+            raise ValueError(
+                f"sequence of {start + length} tokens exceeds model.max_positions="
+                f"{self.cfg.max_positions}"
+            )
+        x = embedding(tokens) * self.scale + self.positions[start : start + length]
+        return self.dropout(x)
+
+    def encode(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """src (B, S) -> memory (B, S, d_model) and the source padding mask (B, S)."""
+        pad_mask = src.eq(PAD)
+        x = self._embed(self.src_embed, src)
+        for layer in self.encoder_layers:
+            x = layer(x, pad_mask)
+        return self.encoder_norm(x), pad_mask
+
+    def decode(
+        self,
+        tgt_in: torch.Tensor,
+        memory: torch.Tensor,
+        src_pad_mask: torch.Tensor,
+        cache: DecoderCache | None = None,
+        start: int = 0,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Target prefix (B, T) -> logits (B, T, V) and the last layer's cross-attention weights
+        (B, H, T, S).
+
+        With a cache, `tgt_in` holds only the new position(s) starting at `start`; keys and values
+        of earlier positions come from the cache.
+        """
+        x = self._embed(self.tgt_embed, tgt_in, start)
+        weights = None
+        for i, layer in enumerate(self.decoder_layers):
+            x, weights = layer(
+                x, memory, src_pad_mask, None if cache is None else cache[i], need_weights
+            )
+        return self.project(self.decoder_norm(x)), weights
+
+    # -- training ------------------------------------------------------------------------------
+
+    def features(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: the decoder's output states (B, T, d_model) for a target prefix."""
+        memory, pad_mask = self.encode(src)
+        x = self._embed(self.tgt_embed, tgt_in)
+        for layer in self.decoder_layers:
+            x, _ = layer(x, memory, pad_mask)
+        return self.decoder_norm(x)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder states -> vocabulary logits."""
+        return self.output_projection(x)
+
+    def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        return self.project(self.features(src, tgt_in))
+
+    def cross_attention(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        memory, pad_mask = self.encode(src)
+        _, weights = self.decode(tgt_in, memory, pad_mask, need_weights=True)
+        return weights.float().mean(dim=1)
+
+    # -- search --------------------------------------------------------------------------------
+
+    def start(self, src: torch.Tensor) -> TransformerState:
+        memory, pad_mask = self.encode(src)
+        return TransformerState(
+            memory, pad_mask, [{"self": {}, "cross": {}} for _ in self.decoder_layers]
+        )
+
+    def step(self, state: TransformerState, tokens: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.decode(tokens, state.memory, state.pad_mask, state.cache, state.length)
+        state.length += tokens.shape[1]
+        return F.log_softmax(logits[:, -1].float(), dim=-1)
+
+    def reorder(
+        self,
+        state: TransformerState,
+        order: torch.Tensor,
+        source_order: torch.Tensor | None = None,
+    ) -> None:
+        for layer in state.cache:
+            reorder_cache(layer["self"], order)
+            if source_order is not None:
+                reorder_cache(layer["cross"], source_order)
+        if source_order is not None:
+            state.memory = state.memory.index_select(0, source_order)
+            state.pad_mask = state.pad_mask.index_select(0, source_order)

@@ -1,0 +1,553 @@
+"""`nmt serve`: translation over HTTP (FastAPI, served by uvicorn), with dynamic batching.
+
+Needs the `serve` extra (`pip install 'nmt[serve]'`); nothing else in nmt imports this module.
+
+Every served model has a queue. A request puts its lines on it and waits. The model's batcher
+takes the first request queued, then whatever arrives within `max_wait_ms`, up to
+`batch_tokens` source tokens; it groups those requests by decoding options and decodes each
+group with one `Translator.translate_nbest` call, which sorts the lines by length and batches
+them; each request then gets its own lines back. Decoding runs on one worker thread shared by
+all models (a Translator is not thread-safe, and two decodes at once would only compete for the
+same cores), so the event loop stays free to take requests and answer /health.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import math
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from nmt import __version__, config
+from nmt.data.tokenizer import Tokenizer
+from nmt.decoding.records import Translation
+from nmt.decoding.translator import Translator
+from nmt.errors import NmtError
+from nmt.serving.batcher import Batcher, Batching, Options, decode_with
+
+try:
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from pydantic import BaseModel, ConfigDict, Field
+    from starlette.exceptions import HTTPException
+except ImportError:
+    raise NmtError(
+        "nmt serve needs FastAPI and uvicorn; install them with: pip install 'nmt[serve]'"
+    ) from None
+
+log = logging.getLogger("nmt")
+
+MAX_LENGTH_PENALTY = 5.0  # GNMT alpha; tuned values lie between 0.6 and 1.2
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for: more lines, longer lines or a larger body are refused with
+    413, a larger beam_size or nbest with 422; each answer names the limit."""
+
+    max_lines: int = 256  # lines per request
+    max_line_chars: int = 2000  # characters per line
+    max_body_bytes: int = 1 << 20  # the request body (1 MiB)
+    max_beam_size: int = 16  # beam_size and nbest
+
+    def validate(self) -> None:
+        for name, value in dataclasses.asdict(self).items():
+            if value < 1:
+                raise NmtError(f"--{name.replace('_', '-')} must be at least 1, not {value}")
+
+
+@dataclass
+class ServedModel:
+    name: str
+    translator: Translator
+    info: dict[str, Any]  # what GET /models says about it
+
+
+def load_models(
+    specs: Sequence[str | Path],
+    device: str = "auto",
+    precision: str = "auto",
+    quantize: str = "none",
+) -> list[ServedModel]:
+    """Load each run folder or checkpoint, given as `PATH` (named after the folder, or the
+    file's stem) or `NAME=PATH`."""
+    served: list[ServedModel] = []
+    for spec in specs:
+        name, path = _name_and_path(spec)
+        if any(m.name == name for m in served):
+            raise NmtError(f"two models are named '{name}'; name them yourself with NAME=PATH")
+        translator = Translator.load(path, device=device, precision=precision, quantize=quantize)
+        served.append(ServedModel(name, translator, _describe(name, path, translator)))
+    if not served:
+        raise NmtError("no model to serve; give a run folder or a checkpoint")
+    return served
+
+
+def _name_and_path(spec: str | Path) -> tuple[str, Path]:
+    text = str(spec)
+    name, sep, rest = text.partition("=")
+    if sep and name and rest and not Path(text).exists():
+        return name, Path(rest)
+    path = Path(text)
+    return (path.resolve().name if path.is_dir() else path.stem), path
+
+
+def _describe(name: str, path: Path, translator: Translator) -> dict[str, Any]:
+    info = translator.info
+    recipe = info.get("recipe")
+    return {
+        "name": name,
+        "path": str(path),
+        "checkpoint": info.get("checkpoint"),
+        "step": info.get("step"),
+        "source_language": info.get("src_lang", recipe.data.src_lang if recipe else None),
+        "target_language": info.get("tgt_lang", recipe.data.tgt_lang if recipe else None),
+        "parameters": info.get("parameters"),
+        "attention": (
+            {site: recipe.model.attention_at(site) for site in config.ATTENTION_SITES}
+            if recipe
+            else None
+        ),
+        "decode": dataclasses.asdict(translator.decode),
+        "device": str(translator.device),
+        "precision": translator.precision,
+    }
+
+
+# The JSON schemas (FastAPI publishes them at /openapi.json and /docs).
+
+
+class TranslateRequest(BaseModel):
+    # Strict: a number where text belongs is an error, not silently converted.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    text: list[str] = Field(description="The sentences to translate.")
+    model: str | None = Field(
+        None, description="Which served model (see GET /models); required when several are."
+    )
+    beam_size: int | None = Field(
+        None,
+        ge=1,
+        description="Beam search with this beam (at most the server's max_beam_size) "
+        "[default: the model's decoding settings].",
+    )
+    nbest: int = Field(
+        1, ge=1, description="Translations per line, best first (needs beam search); adds nbest."
+    )
+    length_penalty: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_LENGTH_PENALTY,
+        description="GNMT length penalty alpha (0: none) [default: the model's].",
+    )
+    scores: bool = Field(False, description="Add nbest: each translation with its scores.")
+    alignment: bool = Field(
+        False,
+        description="Add nbest with each target subword's most attended source subword, and "
+        "source_tokens.",
+    )
+
+
+class Hypothesis(BaseModel):
+    translation: str
+    score: float | None = Field(description="Sum of the token log-probabilities, EOS included.")
+    norm_score: float | None = Field(description="score / GNMT length penalty: the ranking.")
+    tokens: list[str] | None = Field(None, description="Target subwords (with alignment).")
+    alignment: list[int] | None = Field(
+        None, description="For each target subword, the source subword position it attends to."
+    )
+
+
+class TranslateResponse(BaseModel):
+    model: str
+    translations: list[str] = Field(description="One per input line, in input order.")
+    nbest: list[list[Hypothesis]] | None = None
+    source_tokens: list[list[str] | None] | None = Field(
+        None, description="Each line's source subwords (+ </s>), which alignments index."
+    )
+
+
+class ModelInfo(BaseModel):
+    name: str
+    path: str
+    checkpoint: str
+    step: int | None
+    source_language: str
+    target_language: str
+    parameters: int
+    attention: dict[str, str] = Field(description="The mechanism at each attention site.")
+    decode: dict[str, Any] = Field(description="The decoding defaults (the run's recipe.yaml).")
+    device: str
+    precision: str
+
+
+class LimitsInfo(BaseModel):
+    max_lines: int
+    max_line_chars: int
+    max_body_bytes: int
+    max_beam_size: int
+    max_length_penalty: float
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo]
+    limits: LimitsInfo
+
+
+class Health(BaseModel):
+    status: str
+    models: list[str]
+    in_flight: int = Field(description="/translate requests being answered.")
+    batches: int = Field(description="Decode calls since the start.")
+    lines: int = Field(description="Lines decoded since the start.")
+
+
+class ErrorBody(BaseModel):
+    error: str
+    limit: str | None = Field(None, description="The limit the request went over.")
+    max: int | float | None = Field(None, description="That limit's value.")
+
+
+class RequestError(Exception):
+    """A request the server refuses: answered with `status` and an ErrorBody."""
+
+    def __init__(
+        self, status: int, message: str, limit: str | None = None, maximum: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.limit, self.maximum = status, message, limit, maximum
+
+    def response(self) -> JSONResponse:
+        body = ErrorBody(error=self.message, limit=self.limit, max=self.maximum)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=self.status)
+
+
+class BodyLimit:
+    """ASGI middleware: reads each request's body before the app does and refuses one over
+    `max_bytes` with 413. An oversized body is still read to its end (and dropped), so the
+    client reads the answer instead of a reset connection."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client has gone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= self.max_bytes:
+                chunks.append(chunk)
+            more = message.get("more_body", False)
+        if size > self.max_bytes:
+            error = RequestError(
+                413,
+                f"the request body has {size} bytes; the limit (max_body_bytes) is "
+                f"{self.max_bytes}",
+                "max_body_bytes",
+                self.max_bytes,
+            )
+            await error.response()(scope, receive, send)
+            return
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+class Service:
+    """The served models, their batchers, the limits and the counters behind the endpoints."""
+
+    def __init__(self, models: Sequence[ServedModel], limits: Limits, batching: Batching) -> None:
+        self.models = {m.name: m for m in models}
+        self.limits = limits
+        self.batchers = {
+            m.name: Batcher(
+                partial(decode_with, m.translator),
+                batching.batch_tokens or m.translator.decode.batch_tokens,
+                batching,
+            )
+            for m in models
+        }
+        self.in_flight = 0
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "models": list(self.models),
+            "in_flight": self.in_flight,
+            "batches": sum(b.batches for b in self.batchers.values()),
+            "lines": sum(b.lines for b in self.batchers.values()),
+        }
+
+    def describe(self) -> dict[str, Any]:
+        limits = {**dataclasses.asdict(self.limits), "max_length_penalty": MAX_LENGTH_PENALTY}
+        return {"models": [m.info for m in self.models.values()], "limits": limits}
+
+    async def translate(self, request: TranslateRequest) -> dict[str, Any]:
+        self.in_flight += 1
+        try:
+            return await self._translate(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _translate(self, request: TranslateRequest) -> dict[str, Any]:
+        model = self._model(request.model)
+        self._check(request, model)
+        results: list[list[Translation]] = []
+        pieces: list[list[str] | None] | None = None
+        if request.text:
+            # Off the event loop (SentencePiece encodes from any thread): a large request takes
+            # some milliseconds.
+            tokens, pieces = await asyncio.to_thread(
+                _measure, model.translator.src_tok, request.text, request.alignment
+            )
+            options = Options(
+                request.beam_size, request.length_penalty, request.nbest, request.alignment
+            )
+            try:
+                results = await self.batchers[model.name].submit(request.text, tokens, options)
+            except Exception:
+                # Logged with its traceback by the batcher; the other requests go on.
+                raise RequestError(500, "translation failed; the server log says why") from None
+        response: dict[str, Any] = {
+            "model": model.name,
+            "translations": [best[0].text for best in results],
+        }
+        if request.nbest > 1 or request.scores or request.alignment:
+            response["nbest"] = [[_hypothesis(t) for t in best] for best in results]
+        if request.alignment:
+            response["source_tokens"] = pieces or []
+        return response
+
+    def _model(self, name: str | None) -> ServedModel:
+        if name is None:
+            if len(self.models) == 1:
+                return next(iter(self.models.values()))
+            raise RequestError(
+                422, f"several models are served ({', '.join(self.models)}); name one in 'model'"
+            )
+        if name not in self.models:
+            raise RequestError(404, f"unknown model '{name}'; served: {', '.join(self.models)}")
+        return self.models[name]
+
+    def _check(self, request: TranslateRequest, model: ServedModel) -> None:
+        limits = self.limits
+        if len(request.text) > limits.max_lines:
+            raise RequestError(
+                413,
+                f"the request has {len(request.text)} lines; the limit (max_lines) is "
+                f"{limits.max_lines}",
+                "max_lines",
+                limits.max_lines,
+            )
+        for i, line in enumerate(request.text):
+            if len(line) > limits.max_line_chars:
+                raise RequestError(
+                    413,
+                    f"text[{i}] has {len(line)} characters; the limit (max_line_chars) is "
+                    f"{limits.max_line_chars}",
+                    "max_line_chars",
+                    limits.max_line_chars,
+                )
+        for name in ("beam_size", "nbest"):
+            value = getattr(request, name)
+            if value is not None and value > limits.max_beam_size:
+                raise RequestError(
+                    422,
+                    f"{name} {value} is over the limit (max_beam_size) of {limits.max_beam_size}",
+                    "max_beam_size",
+                    limits.max_beam_size,
+                )
+        method = "beam" if request.beam_size is not None else model.translator.decode.method
+        if request.nbest > 1 and method != "beam":
+            raise RequestError(
+                422,
+                f"nbest > 1 needs beam search, and model '{model.name}' decodes with {method} "
+                "search; give beam_size too",
+            )
+
+
+def _measure(
+    tok: Tokenizer, lines: list[str], with_pieces: bool
+) -> tuple[int, list[list[str] | None] | None]:
+    """The source tokens of `lines` (what the batch budget counts, EOS included) and, for
+    alignments, each line's subwords as `nmt translate --alignment` gives them."""
+    tokens = sum(len(ids) + 1 for ids in tok.encode(lines))
+    if not with_pieces:
+        return tokens, None
+    return tokens, [tok.pieces(line) + ["</s>"] if line.strip() else None for line in lines]
+
+
+def _hypothesis(t: Translation) -> dict[str, Any]:
+    record = t.as_dict()
+    for key in ("score", "norm_score"):
+        # JSON has no infinity (a search that finished no hypothesis scores -inf).
+        if not math.isfinite(record[key]):
+            record[key] = None
+    return record
+
+
+def _validation_message(errors: Iterable[dict]) -> str:
+    parts = []
+    for e in errors:
+        if e.get("type") == "json_invalid":
+            return f"invalid JSON at character {e['loc'][-1]}: {e.get('ctx', {}).get('error')}"
+        where = ".".join(str(p) for p in e["loc"] if p != "body")
+        if not where:
+            return (
+                'the body must be a JSON object, {"text": [...], ...}, sent with '
+                "Content-Type: application/json"
+            )
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts) or "invalid request"
+
+
+def create_app(
+    models: Sequence[ServedModel], limits: Limits | None = None, batching: Batching | None = None
+) -> FastAPI:
+    """The ASGI app serving `models` (see `load_models`); its lifespan runs the batchers."""
+    limits, batching = limits or Limits(), batching or Batching()
+    limits.validate()
+    batching.validate()
+    service = Service(models, limits, batching)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmt-decode")
+        tasks = [asyncio.create_task(b.run(executor)) for b in service.batchers.values()]
+        try:
+            yield
+        finally:
+            # The server has answered every request by now: nothing is waiting on a batcher.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            executor.shutdown(wait=True)
+
+    app = FastAPI(
+        title="nmt",
+        version=__version__,
+        description="Neural machine translation. Concurrent requests are decoded together.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+
+    @app.exception_handler(RequestError)
+    async def refused(request: Request, error: RequestError) -> JSONResponse:
+        return error.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        # Without each error's "input": that would echo the request back.
+        detail = [{k: v for k, v in e.items() if k != "input"} for e in error.errors()]
+        body = {"error": _validation_message(detail), "detail": detail}
+        return JSONResponse(jsonable_encoder(body), status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(error.detail)}, error.status_code, error.headers)
+
+    errors: dict[int | str, dict[str, Any]] = {
+        404: {"model": ErrorBody, "description": "Unknown model."},
+        413: {
+            "model": ErrorBody,
+            "description": "Over max_lines, max_line_chars or max_body_bytes.",
+        },
+        422: {"model": ErrorBody, "description": "Invalid JSON, types or options."},
+        500: {"model": ErrorBody, "description": "Decoding failed (see the server log)."},
+    }
+
+    @app.post(
+        "/translate",
+        response_model=TranslateResponse,
+        response_model_exclude_none=True,
+        responses=errors,
+    )
+    async def translate(request: TranslateRequest) -> dict[str, Any]:
+        """Translate lines; concurrent requests are decoded together, each gets its own."""
+        return await service.translate(request)
+
+    @app.get("/health", response_model=Health)
+    async def health() -> dict[str, Any]:
+        """Whether the server is up, and what it is doing."""
+        return service.health()
+
+    @app.get("/models", response_model=ModelList)
+    async def list_models() -> dict[str, Any]:
+        """The served models (languages, size, attention, decoding defaults) and the limits."""
+        return service.describe()
+
+    return app
+
+
+def serve(
+    models: Sequence[str | Path],
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    limits: Limits | None = None,
+    batching: Batching | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    quantize: str = "none",
+    access_log: bool = False,
+) -> None:
+    """Serve run folders or checkpoints (`PATH` or `NAME=PATH` each) on http://host:port until
+    SIGTERM or Ctrl-C; the requests in flight are answered before it returns."""
+    limits, batching = limits or Limits(), batching or Batching()
+    limits.validate()
+    batching.validate()
+    sock = _bind(host, port)  # before loading models: a taken port fails at once
+    try:
+        served = load_models(models, device, precision, quantize)
+        app = create_app(served, limits, batching)
+        # log_config=None: uvicorn logs through the handlers the CLI set up.
+        options = uvicorn.Config(app, lifespan="on", log_config=None, access_log=access_log)
+        server = uvicorn.Server(options)
+        shown = f"[{host}]" if ":" in host else host
+        log.info(
+            f"serving {', '.join(m.name for m in served)} on "
+            f"http://{shown}:{sock.getsockname()[1]} (API docs at /docs); "
+            "Ctrl-C or SIGTERM stops it after the requests in flight"
+        )
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as e:
+        raise NmtError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise NmtError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    return sock
