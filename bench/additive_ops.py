@@ -1,5 +1,5 @@
 """Bahdanau's additive scores on the CPU, timed in their alternatives: the measurements behind
-`_AdditiveScores` in nmt/models/attention.py (docs/BENCHMARKS.md, "Bahdanau's additive scores").
+`_AdditiveScores` in nmt/models/attention.py (docs/experiments/attention.md, "Bahdanau's additive scores").
 
     OMP_NUM_THREADS=1 python bench/additive_ops.py --rows 4480 --keys 18 [--compile]
 

@@ -1,5 +1,5 @@
 """Single operations of a decoding step, timed in their alternatives: the measurements behind
-the choices in nmt/models/attention.py (docs/BENCHMARKS.md, "Decoding: the two open findings").
+the choices in nmt/models/attention.py (docs/experiments/decoding.md, "Decoding: the two open findings").
 
     OMP_NUM_THREADS=1 python bench/decode_ops.py --rows 320,1500 --threads 1
 

@@ -129,8 +129,6 @@ def _worker(args: argparse.Namespace, name: str, values: dict) -> None:
         print(json.dumps(seconds[-1]), flush=True)
     tokens = sum(len(ids) + 1 for ids in translator.tgt_tok.encode(outputs))
     median = statistics.median(seconds)
-    if args.output:
-        Path(args.output).write_text("".join(o + "\n" for o in outputs), encoding="utf-8")
     print(
         json.dumps(
             {
@@ -202,7 +200,6 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="profile the first setting")
     parser.add_argument("--profile-rows", type=int, default=15)
     parser.add_argument("--table", help="write a Markdown table here")
-    parser.add_argument("--output", help=argparse.SUPPRESS)  # a child writes its translations
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:

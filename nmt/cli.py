@@ -27,14 +27,16 @@ app = typer.Typer(
     # Option help says "[default: ...]" in plain text; rich markup would take it for a tag.
     rich_markup_mode=None,
 )
-stderr = Console(stderr=True)
+# soft_wrap: a message (a path, a command to copy) is never broken across lines by rich.
+stderr = Console(stderr=True, soft_wrap=True)
 
 RecipeArg = Annotated[Path, typer.Argument(help="The recipe: a YAML file.", show_default=False)]
 SetOpt = Annotated[
     Optional[list[str]],  # noqa: UP045 - typer needs Optional on Python 3.10
     typer.Option(
         "--set",
-        help="Override a recipe value, e.g. --set train.lr=0.001 (repeatable).",
+        help="Override a recipe value, e.g. --set train.lr=0.001 (repeatable); KEY=null restores "
+        "the key's default.",
         show_default=False,
     ),
 ]
@@ -262,8 +264,9 @@ def translate(
     quantize: Annotated[
         str,
         typer.Option(
-            help="none, or int8: dynamic int8 quantization of the linear layers (CPU only; "
-            "faster, with a small BLEU change, see docs/BENCHMARKS.md)."
+            help="none, or int8: dynamic int8 quantization of the linear layers (CPU only; a "
+            "small BLEU change; not faster on models as small as the Multi30k recipes', see "
+            "docs/results.md)."
         ),
     ] = "none",
 ) -> None:
@@ -282,10 +285,21 @@ def translate(
             raise NmtError(f"unknown --input-format '{input_format}'; use text or jsonl")
         if input_format == "jsonl" and (prefix or constraints):
             raise NmtError("with --input-format jsonl, prefixes and constraints come in the input")
-        if score_reference is not None and (prefix or constraints or nbest > 1 or alignment):
-            raise NmtError(
-                "--score-reference scores given translations; it takes no search options"
-            )
+        if score_reference is not None:
+            search_flags = {
+                "--prefix": prefix, "--constraints": constraints, "--nbest": nbest > 1,
+                "--alignment": alignment, "--greedy": greedy, "--sample": sample,
+                "--beam-size": beam_size, "--length-penalty": length_penalty,
+                "--min-len": min_len, "--no-repeat-ngram": no_repeat_ngram,
+                "--max-len-a": max_len_a, "--max-len-b": max_len_b,
+                "--temperature": temperature, "--top-k": top_k, "--top-p": top_p, "--seed": seed,
+            }  # fmt: skip
+            given = [flag for flag, value in search_flags.items() if value not in (None, False)]
+            if given:
+                raise NmtError(
+                    f"--score-reference scores given translations; it takes no search options "
+                    f"(got {', '.join(given)})"
+                )
         if output is not None and not output.parent.is_dir():
             raise NmtError(f"output folder does not exist: {output.parent}")
         if output_format not in ("text", "jsonl"):
@@ -348,10 +362,15 @@ def translate(
 
 
 def _require_files(**flags: Path | None) -> None:
-    """Each file given to these options exists; the first missing one is named by its flag."""
+    """Each file given to these options can be read: a file, or a pipe such as /dev/stdin or
+    <(command); the first that cannot is named by its flag."""
     for name, path in flags.items():
-        if path is not None and not path.is_file():
-            flag = "input" if name == "input" else "--" + name.replace("_", "-")
+        flag = "input" if name == "input" else "--" + name.replace("_", "-")
+        if path is None:
+            continue
+        if path.is_dir():
+            raise NmtError(f"{flag}: expected a text file, found a folder: {path}")
+        if not path.exists():
             raise NmtError(f"{flag} file not found: {path}")
 
 
@@ -448,6 +467,17 @@ def average(
                     "keep more with train.keep_last"
                 )
             paths = found[-last:]
+        else:
+            for path in paths:
+                if path.is_dir():
+                    raise NmtError(
+                        f"{path} is a run folder: average its last N step checkpoints with "
+                        "--last N, or name checkpoint files"
+                    )
+            if len(paths) < 2:
+                raise NmtError(
+                    "averaging takes two or more checkpoints (or a run folder and --last N)"
+                )
         if output.exists() and not force:
             raise NmtError(f"{output} exists; use --force to replace it")
         if not output.parent.is_dir():
@@ -484,7 +514,7 @@ def export(
     with user_errors():
         with lock.hold_if_run_folder(out_dir.parent, "write an exported model"):
             folder = export_model(run_dir, out_dir, to, quantization, force)
-        stderr.print(f"exported to {folder}; translate with: nmt translate {folder}")
+        stderr.print(escape(f"exported to {folder}; translate with: nmt translate {folder}"))
 
 
 @app.command()

@@ -181,7 +181,7 @@ class ModelConfig:
         _require(
             self.attention in ("bahdanau", "luong"),
             "model.attention",
-            f"must be bahdanau or luong for model.arch rnn, got {self.attention!r}",
+            f"must be bahdanau or luong for model.arch rnn, got {_attention_text(self.attention)}",
         )
         _require(
             self.hidden_size >= 2 and self.hidden_size % 2 == 0,
@@ -217,7 +217,7 @@ class ModelConfig:
             _require(
                 getattr(self, name) == defaults[name],
                 f"model.{name}",
-                f"applies to model.arch {arch} only",
+                f"applies to model.arch {arch} only; remove it, or --set model.{name}=null",
             )
 
     def attention_at(self, site: str) -> str:
@@ -454,6 +454,14 @@ _PATH_KEYS = {
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
 
+def _attention_text(attention: str | AttentionSites) -> str:
+    """model.attention as a recipe writes it: 'luong', or {encoder: ..., decoder: ..., cross: ...}."""
+    if isinstance(attention, str):
+        return repr(attention)
+    sites = ", ".join(f"{site}: {getattr(attention, site)}" for site in ATTENTION_SITES)
+    return "{" + sites + "}"
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise NmtError(f"recipe key '{key}' {message}")
@@ -511,6 +519,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        # 1e3 (a string to YAML 1.1, which wants a dot) or 1000.0: a whole number written
+        # otherwise. A quoted "4" stays a string, refused below.
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()) and "e" in value.lower():
+            value = float(value)
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -614,7 +628,9 @@ def from_dict(tree: dict, base_dir: Path | None = None) -> Recipe:
 
 def _merge(tree: dict, overrides: dict) -> None:
     for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(tree.get(key), dict):
+        if value is None:  # --set key=null: back to the key's default
+            tree.pop(key, None)
+        elif isinstance(value, dict) and isinstance(tree.get(key), dict):
             _merge(tree[key], value)
         else:
             tree[key] = value
@@ -638,6 +654,23 @@ def load(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         # No run folder given: runs/<name> under the current folder, as fairseq's checkpoints/.
         tree["run_dir"] = str(Path.cwd() / "runs" / str(tree.get("name", Recipe.name)))
     return from_dict(tree)
+
+
+def override_decode(decode: DecodeConfig, **overrides: Any) -> DecodeConfig:
+    """`decode` with keyword overrides (None: keep), each checked as a recipe's decode key is:
+    a misspelt name, a wrong type or a bad value is one NmtError naming it."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    names = [f.name for f in dataclasses.fields(DecodeConfig)]
+    for key in given:
+        if key not in names:
+            hint = difflib.get_close_matches(key, names, n=1)
+            extra = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise NmtError(f"unknown decoding setting '{key}'{extra}")
+    hints = typing.get_type_hints(DecodeConfig)
+    values = {k: _coerce(v, hints[k], f"decode.{k}") for k, v in given.items()}
+    result = dataclasses.replace(decode, **values)
+    result.validate()
+    return result
 
 
 def read_decode(path: Path) -> DecodeConfig:

@@ -162,3 +162,31 @@ def translate_process(run: Path, stderr=subprocess.PIPE) -> subprocess.Popen:
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         preexec_fn=default_sigint,
     )
+
+
+@pytest.fixture(scope="session")
+def learned_run(tmp_path_factory, small_corpus) -> Path:
+    """A run folder whose tiny model has learned the toy task a little (300 updates on one
+    thread, about 20 s): outputs are words, not noise."""
+    import torch
+
+    from nmt import config
+    from nmt.data.preprocess import preprocess
+    from nmt.training import loop as train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a busy machine slows a two-thread run far more
+    folder = tmp_path_factory.mktemp("learned")
+    recipe = tiny_recipe(
+        small_corpus,
+        folder / "run",
+        train={"max_steps": 300, "lr": 0.01, "warmup_steps": 10, "valid_every": 300},
+        decode={"beam_size": 5},
+    )
+    cfg = config.load(write_recipe(folder / "tiny.yaml", recipe))
+    preprocess(cfg)
+    try:
+        train.train(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return folder / "run"

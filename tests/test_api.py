@@ -1,5 +1,5 @@
 """The Python API (`from nmt import Translator, score_lines`) used as a library, in process:
-the README's example runs, and the functions agree with the CLI and with sacrebleu."""
+the Python API guide's example runs, and the functions agree with the CLI and with sacrebleu."""
 
 from __future__ import annotations
 
@@ -70,6 +70,37 @@ def test_translate_nbest_with_scores_and_alignments(trained_run):
         api.Translator.load(trained_run, device="cpu", beam_size=0)
 
 
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        (
+            {"method": "Beam"},
+            r"'decode.method' must be one of .* got 'Beam' \(did you mean 'beam'\?\)",
+        ),
+        ({"beam_size": "4"}, r"'decode.beam_size' must be an integer, got '4'"),
+        ({"beam_sise": 4}, r"unknown decoding setting 'beam_sise' \(did you mean 'beam_size'\?\)"),
+        ({"length_penalty": float("nan")}, r"decode.length_penalty"),
+    ],
+)
+def test_bad_settings_are_one_clear_error(trained_run, settings, message):
+    """Wrong settings never decode silently otherwise (method='Beam' used to give greedy
+    search) nor fail deep inside with a TypeError."""
+    with pytest.raises(api.NmtError, match=message):
+        api.Translator.load(trained_run, device="cpu", **settings)
+
+
+def test_bad_lines_and_nbest_are_one_clear_error(trained_run):
+    translator = api.Translator.load(trained_run, device="cpu")
+    with pytest.raises(api.NmtError, match="expected a list of lines, got one string"):
+        translator.translate("The dog laughed.")  # would translate each character
+    with pytest.raises(api.NmtError, match="input, line 2: expected a string, got NoneType"):
+        translator.translate(["The dog laughed.", None])
+    for nbest in (0, -1, 2.5, True):
+        with pytest.raises(api.NmtError, match="nbest must be a whole number of at least 1"):
+            translator.translate_nbest(["The dog laughed."], nbest=nbest)
+    assert translator.translate([]) == []
+
+
 def test_score_lines_equals_sacrebleu():
     hyps = ["the cat sat on the mat", "a dog barked loudly", "hello there"]
     refs = ["the cat sat on a mat", "the dog barked loudly", "hello there friend"]
@@ -82,16 +113,15 @@ def test_score_lines_equals_sacrebleu():
         api.score_lines(hyps, [refs[:2]])
 
 
-def test_the_readme_example_runs(trained_run, small_corpus):
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Python API", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def test_the_guide_example_runs(trained_run, small_corpus):
+    guide = (ROOT / "docs" / "python-api.md").read_text(encoding="utf-8")
+    code = re.search(r"```python\n(.*?)```", guide, re.S).group(1)
     code = code.replace('"runs/quickstart"', repr(str(trained_run)))
     for lang in ("en", "de"):
         code = code.replace(f'"data/toy/test.{lang}"', repr(str(small_corpus / f"test.{lang}")))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        exec(compile(code, "README.md", "exec"), {})
+        exec(compile(code, "docs/python-api.md", "exec"), {})
     printed = out.getvalue().splitlines()
     assert len(printed) == 1 + 3 + 2, printed  # translations, 3-best, BLEU and chrF
     assert printed[-2].startswith("BLEU|") and printed[-1].startswith("chrF2|")

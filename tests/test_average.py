@@ -54,6 +54,12 @@ def test_keep_last_then_average(tmp_path, small_corpus):
     assert_user_error(
         nmt("average", run, "--last", "5", "-o", tmp_path / "x.pt"), "fewer than --last 5"
     )
+    # A run folder without --last, or a single checkpoint, is not an average of anything.
+    assert_user_error(nmt("average", run, "-o", tmp_path / "z.pt"), "is a run folder")
+    assert_user_error(
+        nmt("average", run / "step_6.pt", "-o", tmp_path / "z.pt"), "two or more checkpoints"
+    )
+    assert not (tmp_path / "z.pt").exists()
     other = torch.load(run / "step_4.pt", weights_only=True)
     other["recipe"]["model"]["d_model"] = 64
     torch.save(other, tmp_path / "other.pt")

@@ -163,3 +163,36 @@ def test_default_run_dir_is_under_the_current_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = config.load(write(tmp_path, MINIMAL + "name: exp1\n"))
     assert recipe.run_dir == str(tmp_path / "runs" / "exp1")
+
+
+def test_set_null_restores_a_default_so_a_recipe_can_switch_architecture():
+    quickstart = ROOT / "recipes" / "quickstart.yaml"
+    with pytest.raises(NmtError, match=r"--set model.ff_dim=null"):
+        config.load(quickstart, ["model.arch=rnn", "model.attention=luong"])
+    recipe = config.load(
+        quickstart, ["model.arch=rnn", "model.attention=luong", "model.ff_dim=null"]
+    )
+    assert recipe.model.arch == "rnn"
+    assert recipe.model.ff_dim == config.ModelConfig().ff_dim
+    assert recipe.model.d_model == 128  # the recipe's other keys stay
+    assert (
+        config.load(quickstart, ["train.max_time=2h", "train.max_time=null"]).train.max_time is None
+    )
+
+
+@pytest.mark.parametrize("written", ["1e3", "1000.0", "1.0e3"])
+def test_whole_numbers_written_as_floats_are_integers(written):
+    recipe = config.load(ROOT / "recipes" / "quickstart.yaml", [f"train.max_steps={written}"])
+    assert recipe.train.max_steps == 1000 and isinstance(recipe.train.max_steps, int)
+    with pytest.raises(NmtError, match=r"'train.max_steps' must be an integer, got 1.5"):
+        config.load(ROOT / "recipes" / "quickstart.yaml", ["train.max_steps=1.5"])
+
+
+def test_an_rnn_attention_mapping_is_reported_as_written():
+    with pytest.raises(NmtError) as error:
+        config.load(
+            ROOT / "recipes" / "quickstart.yaml",
+            ["model.arch=rnn", "model.attention={cross: luong}", "model.ff_dim=null"],
+        )
+    assert "{encoder: multihead, decoder: multihead, cross: luong}" in str(error.value)
+    assert "AttentionSites" not in str(error.value)

@@ -4,12 +4,17 @@ over translations from the command line, and the bad input a user will hit."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import threading
 
 import pytest
 from test_cli import assert_user_error, nmt
 
 from nmt.decoding.records import Request
 from nmt.decoding.translator import Translator
+from nmt.errors import NmtError
 
 LINES = ["The dog saw the cat.", "A girl ran near the red house.", "", "The boy laughed."]
 
@@ -88,6 +93,28 @@ def test_reference_scores_equal_the_beam_s_own_scores(trained_run, files):
     assert result.exit_code == 0, result.output
     lines = [line.split("\t") for line in result.stdout.splitlines()]
     assert len(lines) == 4 and all(float(total) <= 0 for total, _ in lines)
+    # Search options have nothing to do with given translations: refused, by name.
+    assert_user_error(
+        nmt(
+            "translate",
+            trained_run,
+            "-i",
+            src,
+            "--score-reference",
+            refs,
+            "--greedy",
+            "--beam-size",
+            "3",
+        ),
+        "takes no search options (got --greedy, --beam-size)",
+    )
+    # A reference longer than the model allows: its line, not a traceback.
+    long = folder / "long.txt"
+    long.write_text("Lor brakko.\n" + "Lor " * 1200 + "\n" + "Ain\n" * 2)
+    assert_user_error(
+        nmt("translate", trained_run, "-i", src, "--score-reference", long),
+        "--score-reference, line 2: the reference has",
+    )
 
 
 def test_library_requests_match_the_cli(trained_run):
@@ -125,16 +152,75 @@ def test_bad_control_input_is_one_clear_line(trained_run, files):
     long.write_text(json.dumps([" ".join(["brakko"] * 1100)]) + "\n[]\n[]\n[]\n")
     assert_user_error(
         nmt("translate", trained_run, "-i", src, "--constraints", long),
-        "line 1: its prefix and constraints need",
+        "input, line 1: its prefix and constraints need",
         "more than the model's 1023",
     )
     jsonl = folder / "in.jsonl"
     jsonl.write_text('{"source": "a", "colour": "red"}\n')
     assert_user_error(
         nmt("translate", trained_run, "-i", jsonl, "--input-format", "jsonl"),
-        "input line 1: unknown field(s) colour",
+        "input, line 1: unknown field(s) colour",
     )
     assert_user_error(
         nmt("translate", trained_run, "-i", src, "--prefix", folder / "missing.txt"),
         "--prefix file not found",
     )
+    for flag in ("-i", "--constraints"):
+        args = ["-i", src, flag, folder] if flag != "-i" else ["-i", folder]
+        assert_user_error(
+            nmt("translate", trained_run, *args),
+            f"{'input' if flag == '-i' else flag}: expected a text file, found a folder",
+        )
+
+
+def test_errors_name_the_line_of_the_whole_input(trained_run):
+    """Lines are decoded in buffers; an error names the line's place in the whole input."""
+    translator = Translator.load(trained_run, device="cpu")
+    requests = [Request("The dog saw the cat.")] * 4 + [Request("A cat.", constraints=("",))]
+    with pytest.raises(NmtError, match="input, line 5: an empty constraint phrase"):
+        list(translator.stream_nbest(requests, buffer_lines=2))
+
+
+def test_input_and_constraints_may_come_from_pipes(trained_run, files, tmp_path):
+    """/dev/stdin, a named pipe or <(command) is read like a file, not refused as missing."""
+    _, src = files
+    fifo = tmp_path / "constraints.fifo"
+    os.mkfifo(fifo)
+
+    def feed():
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write('["Lor"]\n[]\n[]\n[]\n')
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    result = nmt("translate", trained_run, "-i", src, "--constraints", fifo)
+    writer.join(timeout=30)
+    assert result.exit_code == 0, result.output
+    assert "Lor" in result.stdout.splitlines()[0]
+    # /dev/stdin is the process's own standard input: a real process, not the test runner's.
+    piped = subprocess.run(
+        [sys.executable, "-m", "nmt", "-q", "translate", str(trained_run), "-i", "/dev/stdin"],
+        input="The dog saw the cat.\nThe boy laughed.\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert len(piped.stdout.splitlines()) == 2
+
+
+def test_text_the_vocabulary_cannot_spell_is_refused_not_turned_into_unknowns(trained_run, files):
+    """A prefix or constraint with characters the target SentencePiece model lacks would be
+    forced as ⁇: refused, naming the line and the characters, before anything is decoded."""
+    folder, src = files
+    translator = Translator.load(trained_run, device="cpu")
+    assert translator.tgt_tok.unknown_characters("Lor ☃ brakko ☃ Ω") == ["☃", "Ω"]
+    assert translator.tgt_tok.unknown_characters("Lor brakko") == []
+    prefixes = folder / "prefixes.txt"
+    prefixes.write_text("Lor\n\n\nLor ☃\n", encoding="utf-8")
+    assert_user_error(
+        nmt("translate", trained_run, "-i", src, "--prefix", prefixes),
+        "input, line 4: the prefix 'Lor ☃' holds characters the target vocabulary lacks (☃)",
+    )
+    with pytest.raises(NmtError, match=r"line 2: the constraint 'Ω' holds characters"):
+        translator.translate_nbest(["A dog.", "A cat."], constraints=[["Lor"], ["Ω"]])

@@ -35,13 +35,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_recipe, write_recipe
 from typer.testing import CliRunner
 
 from nmt import checkpoint, config
 from nmt.cli import app
 from nmt.data.batches import pad_sequences
-from nmt.data.preprocess import preprocess
 from nmt.data.tokenizer import BOS, EOS
 from nmt.decoding.ct2 import EXPORT_FILE
 from nmt.decoding.search import max_lengths
@@ -49,7 +47,6 @@ from nmt.decoding.translator import Translator
 from nmt.errors import NmtError
 from nmt.export.ctranslate2 import export
 from nmt.models.builder import build_model, load_model
-from nmt.training import loop as train
 
 ctranslate2 = pytest.importorskip("ctranslate2")
 runner = CliRunner()
@@ -58,26 +55,6 @@ runner = CliRunner()
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)  # conftest puts the thread count back after each test
-
-
-@pytest.fixture(scope="module")
-def learned_run(tmp_path_factory, small_corpus) -> Path:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a busy machine slows a two-thread run far more
-    folder = tmp_path_factory.mktemp("learned")
-    recipe = tiny_recipe(
-        small_corpus,
-        folder / "run",
-        train={"max_steps": 300, "lr": 0.01, "warmup_steps": 10, "valid_every": 300},
-        decode={"beam_size": 5},
-    )
-    cfg = config.load(write_recipe(folder / "tiny.yaml", recipe))
-    preprocess(cfg)
-    try:
-        train.train(cfg, progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    return folder / "run"
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +91,9 @@ def assert_same(ours, theirs) -> None:
         assert b.norm_score == pytest.approx(a.norm_score, abs=1e-3)
 
 
-def test_export_writes_the_model_tokenizers_and_defaults(learned_run, exported, tmp_path):
+def test_export_writes_the_model_tokenizers_and_defaults(
+    learned_run, exported, tmp_path, monkeypatch
+):
     names = {p.name for p in exported.iterdir()}
     assert {"model.bin", "config.json", "source.spm", "target.spm", EXPORT_FILE} <= names
     assert not list(exported.parent.glob(".*partial"))
@@ -132,14 +111,34 @@ def test_export_writes_the_model_tokenizers_and_defaults(learned_run, exported, 
     recipe_yaml = tuned / "recipe.yaml"
     recipe_yaml.write_text(recipe_yaml.read_text().replace("beam_size: 5", "beam_size: 7"))
     out = export(learned_run, tmp_path / "out")
-    with pytest.raises(NmtError, match="exists; use --force"):
+    with pytest.raises(NmtError, match="holds an exported model; use --force"):
         export(tuned, out)
     export(tuned, out, force=True)
     assert json.loads((out / EXPORT_FILE).read_text())["decode"]["beam_size"] == 7
-    # --force replaces an export, never another folder (a run folder, say).
-    with pytest.raises(NmtError, match="not a folder written by nmt export"):
-        export(learned_run, tuned, force=True)
+    # --force replaces an export, never another folder (a run folder, say), and no message
+    # suggests --force for one.
+    for forced in (False, True):
+        with pytest.raises(NmtError, match="was not written by nmt export") as error:
+            export(learned_run, tuned, force=forced)
+        assert "--force" not in str(error.value)
     assert (tuned / "best.pt").is_file()
+    # An existing empty folder is a destination, with or without --force.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert (export(learned_run, empty) / EXPORT_FILE).is_file()
+    # Every file of an export can be read by whoever can read model.bin (no private 0600).
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert len(set(modes.values())) == 1, modes
+
+    # A destination folder that refuses to be written (read-only; root ignores permission
+    # bits, so the refusal is staged): one line, nothing left behind.
+    def refuse(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(NmtError, match="cannot write .*: Permission denied"):
+        export(learned_run, tmp_path / "read_only")
+    assert not list(tmp_path.glob("**/.*partial"))
 
 
 def save_variant(state: dict, path: Path, **model: object) -> Path:
@@ -275,6 +274,18 @@ def test_attention_equals_ours(learned_run, exported, toy_test_set):
         assert torch.tensor(b[0].attention) == pytest.approx(torch.tensor(a[0].attention), abs=1e-4)
 
 
+def test_reference_scores_equal_ours(learned_run, exported, toy_test_set):
+    """Forced decoding of given references through CTranslate2's score_batch: the log-
+    probabilities our model gives them (EOS included), per line."""
+    ours, theirs = load_both(learned_run, exported)
+    sources, references = toy_test_set[0][:8], toy_test_set[1][:8]
+    for a, b in zip(
+        ours.score_references(sources, references), theirs.score_references(sources, references)
+    ):
+        assert b.tokens == a.tokens
+        assert b.score == pytest.approx(a.score, abs=1e-3)
+
+
 def test_sampling_is_seeded(exported, toy_test_set):
     lines = toy_test_set[0][:6]
     draws = [
@@ -321,8 +332,16 @@ def test_other_models_are_refused(learned_run, tmp_path, model, why):
     assert result.exit_code == 2 and result.stderr.startswith("error: ")
     message = " ".join(result.stderr.split())
     assert why in message and "cannot be exported" in message
-    assert len(result.stderr.strip().splitlines()) <= 2  # one line, wrapped at 80 columns
+    assert len(result.stderr.strip().splitlines()) == 1  # one line, never wrapped
     assert not (tmp_path / "out").exists()
+
+
+def test_the_export_message_gives_a_command_to_copy(learned_run, tmp_path):
+    """stderr is no terminal here: the command must still come on one line, whole."""
+    out = tmp_path / ("a_rather_long_folder_name_for_the_exported_model_" * 2)
+    result = nmt("-q", "export", learned_run, "--to", "ctranslate2", out)
+    assert result.exit_code == 0, result.output
+    assert f"translate with: nmt translate {out}\n" in result.stderr
 
 
 def test_without_ctranslate2_one_line_says_how_to_install(

@@ -73,6 +73,14 @@ class Tokenizer:
     def decode(self, ids: Sequence[Sequence[int]]) -> list[str]:
         return self.sp.decode([list(x) for x in ids])
 
+    def unknown_characters(self, text: str) -> list[str]:
+        """The characters of `text` this model has no piece for (each would decode as ⁇), in
+        order of first appearance."""
+        if UNK not in self.sp.encode(text, out_type=int):
+            return []
+        chars = dict.fromkeys(c for c in text if not c.isspace())
+        return [c for c in chars if UNK in self.sp.encode(c, out_type=int)]
+
     def pieces(self, line: str) -> list[str]:
         return self.sp.encode(line, out_type=str)
 

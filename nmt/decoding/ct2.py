@@ -51,7 +51,6 @@ What still differs:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -334,9 +333,7 @@ def load_export(
     metadata = read_metadata(folder)
     # JSON is YAML: the decode section is read and checked as a recipe's is.
     decode = config.read_decode(folder / EXPORT_FILE)
-    overrides = {k: v for k, v in decode_overrides.items() if v is not None}
-    decode = dataclasses.replace(decode, **overrides)
-    decode.validate()
+    decode = config.override_decode(decode, **decode_overrides)
     src_tok = Tokenizer.from_file(folder / metadata["source_tokenizer"])
     tgt_tok = Tokenizer.from_file(folder / metadata["target_tokenizer"])
     compute_type = COMPUTE_TYPES[quantize][precision]

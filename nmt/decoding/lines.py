@@ -91,13 +91,13 @@ def _jsonl_request(text: str, number: int) -> Request:
     except json.JSONDecodeError:
         record = None
     if not isinstance(record, dict) or not isinstance(record.get("source"), str):
-        raise NmtError(f'input line {number}: expected a JSON object with a "source" string')
+        raise NmtError(f'input, line {number}: expected a JSON object with a "source" string')
     unknown = set(record) - {"source", "prefix", "constraints"}
     if unknown:
-        raise NmtError(f"input line {number}: unknown field(s) {', '.join(sorted(unknown))}")
+        raise NmtError(f"input, line {number}: unknown field(s) {', '.join(sorted(unknown))}")
     prefix = record.get("prefix") or ""
     if not isinstance(prefix, str):
-        raise NmtError(f'input line {number}: "prefix" must be a string')
+        raise NmtError(f'input, line {number}: "prefix" must be a string')
     phrases = _phrase_list(record.get("constraints") or [], number, "input")
     return Request(record["source"], prefix, phrases)
 

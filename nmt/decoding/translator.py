@@ -8,7 +8,6 @@ read. Empty lines give empty lines without touching the model.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 from collections.abc import Iterable, Iterator, Sequence
@@ -119,9 +118,7 @@ class Translator:
                     )
                 members.append(load_model(other_state, other)[1])
             model = Ensemble(members)
-        overrides = {k: v for k, v in decode_overrides.items() if v is not None}
-        decode = dataclasses.replace(decode, **overrides)
-        decode.validate()
+        decode = config.override_decode(decode, **decode_overrides)
         model.to(dev).eval()
         parameters = count_parameters(model)
         resolved = resolve_precision(precision, dev)
@@ -168,6 +165,7 @@ class Translator:
         prefixes: Sequence[str] | None = None,
         constraints: Sequence[Sequence[str]] | None = None,
         decode: DecodeConfig | None = None,
+        first_line: int = 1,
     ) -> list[list[Translation]]:
         """Each input line's `nbest` best translations (one for greedy), best first; an empty
         line gets one empty translation without touching the model. With `alignment` (or
@@ -175,12 +173,16 @@ class Translator:
 
         `prefixes` (one per line, "" for none) are target texts each translation continues;
         `constraints` (a list of target phrases per line) must all appear in it (beam search
-        only). `decode` replaces the translator's decoding settings for this call."""
+        only). `decode` replaces the translator's decoding settings for this call; `first_line`
+        numbers the lines in errors."""
+        _check_lines(lines, first_line)
+        if isinstance(nbest, bool) or not isinstance(nbest, int) or nbest < 1:
+            raise NmtError(f"nbest must be a whole number of at least 1, got {nbest!r}")
         decode = decode or self.decode
         outputs: list[list[Translation]] = [[Translation("", 0.0, 0.0)] for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
         ids = self._encode([lines[i] for i in todo])
-        guide = self._guide(lines, todo, prefixes, constraints, decode)
+        guide = self._guide(lines, todo, prefixes, constraints, decode, first_line)
         # Longest first: the costliest batch runs (and fails, if memory is short) early.
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]), reverse=True)
         sizes = [len(ids[j]) + 1 for j in order]  # with EOS
@@ -220,6 +222,7 @@ class Translator:
         prefixes: Sequence[str] | None,
         constraints: Sequence[Sequence[str]] | None,
         decode: DecodeConfig,
+        first_line: int,
     ) -> Guide | None:
         """The target prefixes and constraint phrases of the non-empty lines, as token ids;
         one clear line for what cannot be decoded."""
@@ -228,6 +231,18 @@ class Translator:
         for name, given in (("prefixes", prefixes), ("constraints", constraints)):
             if given is not None and len(given) != len(lines):
                 raise NmtError(f"{len(given)} {name} for {len(lines)} input lines; give one each")
+        for i in todo:
+            texts = {"prefix": [prefixes[i]] if prefixes is not None else []}
+            texts["constraint"] = list(constraints[i]) if constraints is not None else []
+            for what, given in texts.items():
+                for text in given:
+                    missing = self.tgt_tok.unknown_characters(text) if isinstance(text, str) else []
+                    if missing:
+                        raise NmtError(
+                            f"input, line {first_line + i}: the {what} {text!r} holds characters "
+                            f"the target vocabulary lacks ({' '.join(missing)}); they would come "
+                            "out as ⁇, so rephrase it without them"
+                        )
         prefix_ids = [[] for _ in todo]
         if prefixes is not None:
             texts = [prefixes[i] for i in todo]
@@ -241,24 +256,37 @@ class Translator:
             for j, i in enumerate(todo):
                 for phrase in constraints[i]:
                     if not isinstance(phrase, str) or not phrase.strip():
-                        raise NmtError(f"line {i + 1}: an empty constraint phrase")
+                        raise NmtError(f"input, line {first_line + i}: an empty constraint phrase")
                 phrase_ids[j] = self.tgt_tok.encode(list(constraints[i]))
         limit = self.engine.max_output_length
         for j, i in enumerate(todo):
             needed = len(prefix_ids[j]) + sum(map(len, phrase_ids[j]))
             if needed > limit:
                 raise NmtError(
-                    f"line {i + 1}: its prefix and constraints need {needed} target tokens, "
-                    f"more than the model's {limit}"
+                    f"input, line {first_line + i}: its prefix and constraints need {needed} "
+                    f"target tokens, more than the model's {limit}"
                 )
         return Guide(prefix_ids, phrase_ids)
 
-    def score_references(self, lines: list[str], references: list[str]) -> list[ReferenceScore]:
+    def score_references(
+        self, lines: list[str], references: list[str], first_line: int = 1
+    ) -> list[ReferenceScore]:
         """Forced decoding: the model's log-probability of each reference (its tokens and
-        EOS) given its source line, as the search would score that output."""
+        EOS) given its source line, as the search would score that output. `first_line`
+        numbers the lines in errors (a reference longer than the model allows)."""
+        _check_lines(lines, first_line)
+        _check_lines(references, first_line, "--score-reference")
         if len(references) != len(lines):
             raise NmtError(f"{len(references)} references for {len(lines)} input lines")
-        return self.score_ids(self._encode(lines), self.tgt_tok.encode(references))
+        refs = self.tgt_tok.encode(references)
+        limit = self.engine.max_output_length
+        for number, ref in enumerate(refs, start=first_line):
+            if len(ref) > limit:
+                raise NmtError(
+                    f"--score-reference, line {number}: the reference has {len(ref)} tokens, "
+                    f"more than the model's limit of {limit}"
+                )
+        return self.score_ids(self._encode(lines), refs)
 
     def score_ids(self, ids: list[list[int]], refs: list[list[int]]) -> list[ReferenceScore]:
         """`score_references` on token ids (sources without EOS, targets without BOS/EOS), for
@@ -280,6 +308,7 @@ class Translator:
         """(source, n-best translations) per input line, buffer by buffer, in input order.
         An item may be a `Request`, to give its line a target prefix or constraints."""
         it = iter(lines)
+        first = 1
         while buffer := list(itertools.islice(it, buffer_lines)):
             requests = [b if isinstance(b, Request) else Request(b) for b in buffer]
             sources = [r.source.rstrip("\r\n") for r in requests]
@@ -291,8 +320,20 @@ class Translator:
                 attention,
                 prefixes=[r.prefix for r in requests] if guided else None,
                 constraints=[list(r.constraints) for r in requests] if guided else None,
+                first_line=first,
             )
             yield from zip(sources, translations)
+            first += len(buffer)
+
+
+def _check_lines(lines: object, first_line: int, where: str = "input") -> None:
+    """Lines are a list of strings: one string alone would be translated character by
+    character, and anything else fails deep inside SentencePiece."""
+    if isinstance(lines, (str, bytes)):
+        raise NmtError(f"{where}: expected a list of lines, got one string; wrap it in a list")
+    for number, line in enumerate(lines, start=first_line):  # type: ignore[arg-type]
+        if not isinstance(line, str):
+            raise NmtError(f"{where}, line {number}: expected a string, got {type(line).__name__}")
 
 
 def reference_scores(
@@ -303,10 +344,12 @@ def reference_scores(
 ) -> Iterator[tuple[str, str, ReferenceScore]]:
     """(source, reference, its score) per line pair, buffer by buffer, in input order."""
     pairs = in_step({"input": lines, "--score-reference": references})
+    first = 1
     while buffer := list(itertools.islice(pairs, buffer_lines)):
         sources = [row["input"] for row in buffer]
         refs = [row["--score-reference"] for row in buffer]
-        yield from zip(sources, refs, translator.score_references(sources, refs))
+        yield from zip(sources, refs, translator.score_references(sources, refs, first))
+        first += len(buffer)
 
 
 def _selection_note(run_dir: Path) -> str:

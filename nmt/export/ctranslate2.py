@@ -69,12 +69,15 @@ def export(
             f"unknown quantization '{quantization}'; choose from {', '.join(QUANTIZATIONS)}"
         )
     out_dir = Path(out_dir)
-    if out_dir.exists() and not force:
-        raise NmtError(f"{out_dir} exists; use --force to replace it")
-    if out_dir.exists() and not is_export(out_dir):
-        raise NmtError(
-            f"{out_dir} is not a folder written by nmt export; --force replaces only those"
-        )
+    empty_folder = out_dir.is_dir() and not any(out_dir.iterdir())
+    if out_dir.exists() and not empty_folder:
+        if not is_export(out_dir):
+            raise NmtError(
+                f"{out_dir} exists and was not written by nmt export; export into a new or "
+                "empty folder"
+            )
+        if not force:
+            raise NmtError(f"{out_dir} holds an exported model; use --force to replace it")
     if not out_dir.parent.is_dir():
         raise NmtError(f"output folder does not exist: {out_dir.parent}")
     require_ctranslate2()
@@ -90,8 +93,8 @@ def export(
     spec.optimize(quantization=None if quantization == "none" else quantization)
     building = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(building, ignore_errors=True)
-    building.mkdir()
     try:
+        building.mkdir()
         spec.save(str(building))
         (building / SOURCE_SPM).write_bytes(src_tok.proto)
         (building / TARGET_SPM).write_bytes(tgt_tok.proto)
@@ -109,7 +112,7 @@ def export(
         }
         with atomic_write(building / EXPORT_FILE) as f:
             f.write(json.dumps(metadata, indent=2) + "\n")
-        if out_dir.exists():
+        if out_dir.is_dir():
             shutil.rmtree(out_dir)
         building.rename(out_dir)
     except OSError as e:

@@ -112,7 +112,7 @@ class Attention(nn.Module):
         elif L == 1 and q.device.type == "cpu" and not self.training:
             # One query per row (decoding): the CPU's fused kernel works on blocks of queries
             # and lost to the written-out product (a beam-5 pass: 4.70 s with it, 3.43 s
-            # without; docs/BENCHMARKS.md, bench/decode_ops.py).
+            # without; docs/experiments/decoding.md, bench/decode_ops.py).
             out, weights = self.attend_explicit(q, k, v, mask)[0], None
         else:
             # `causal` tells a fused kernel it may apply the mask itself (top-left aligned).
@@ -214,7 +214,7 @@ def _additive_gate(q2: torch.Tensor, k2: torch.Tensor) -> torch.Tensor:
 
     With q2 = 2q and k2 = 2k this is (1 + tanh(q + k)) / 2: the scores are written in terms of
     the sigmoid because PyTorch's CPU sigmoid is about 3.5x faster than its tanh (2.4 against
-    8.5 ns an element on one AVX2 core, docs/BENCHMARKS.md), and this is the largest tensor of a
+    8.5 ns an element on one AVX2 core, docs/experiments/attention.md), and this is the largest tensor of a
     Bahdanau model's step.
     """
     return (q2.unsqueeze(3) + k2.unsqueeze(2)).sigmoid_()

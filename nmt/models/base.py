@@ -49,7 +49,7 @@ class _KeepMask(torch.autograd.Function):
 class Dropout(nn.Module):
     """`nn.Dropout`, with the CPU's mask drawn as `uniform < keep`: PyTorch's CPU `bernoulli_`
     costs about twice as much as `rand_like` and a comparison, and a small model's update on
-    the CPU calls dropout 22 times (docs/BENCHMARKS.md). Other devices keep the fused kernel."""
+    the CPU calls dropout 22 times (docs/experiments/training-speed.md). Other devices keep the fused kernel."""
 
     def __init__(self, p: float = 0.0):
         super().__init__()

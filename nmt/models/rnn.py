@@ -122,7 +122,7 @@ class GlobalAttention(nn.Module):
         """query (B, T, H) -> context vectors (B, T, H) and weights α (B, T, S)."""
         if self.score == "additive":
             # vᵀ tanh(x) = 2 vᵀ σ(2x) − Σ v: PyTorch's CPU sigmoid is 3.5x faster than its tanh
-            # (nmt.models.attention._AdditiveScores; docs/BENCHMARKS.md).
+            # (nmt.models.attention._AdditiveScores; docs/experiments/attention.md).
             gate = torch.sigmoid(self.query(query)[:, :, None] * 2 + state.keys[:, None])
             scores = gate @ (self.v * 2) - self.v.sum()  # (B, T, S)
         else:

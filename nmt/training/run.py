@@ -184,7 +184,7 @@ class Run:
 
         if not pin:
             # On the CPU the producer thread would take a core from the update it is meant to
-            # overlap with: measured 0.94x the target tokens/s with it (docs/BENCHMARKS.md).
+            # overlap with: measured 0.94x the target tokens/s with it (docs/experiments/training-speed.md).
             return groups()
         return _prefetched(groups(), depth=2)
 

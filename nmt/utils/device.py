@@ -34,7 +34,7 @@ def avoid_cudnn_attention() -> None:
     cuDNN builds an execution plan for every new (batch, length) shape, and batches of real
     sentences, or a beam growing one token a step, make nearly every shape new: on an H100
     (torch 2.11, cuDNN 9.19) an update of the Multi30k recipe took 397 ms on fresh batches
-    against 27 ms on batches whose shapes had been seen (docs/BENCHMARKS.md, "First GPU
+    against 27 ms on batches whose shapes had been seen (docs/experiments/gpu.md, "First GPU
     measurements"). The flash and memory-efficient kernels need no plan.
     """
     torch.backends.cuda.enable_cudnn_sdp(False)
@@ -83,7 +83,7 @@ def reuse_freed_memory() -> bool:
     fresh mapping and unmaps it on free, so a CPU training step's large activations (the
     4096 x 4000 logits are 64 MiB) come back every step as new pages, each faulting on first
     touch: 80,000 faults and 0.25 s of kernel time an update of the Multi30k recipe on one
-    thread, 16% of its CPU time (docs/BENCHMARKS.md). Raising the mmap and trim thresholds makes
+    thread, 16% of its CPU time (docs/experiments/training-speed.md). Raising the mmap and trim thresholds makes
     freed blocks reusable: the process keeps its peak heap (RSS +25% there). Returns whether the
     setting took (False off glibc: musl, macOS, Windows).
     """

@@ -52,6 +52,10 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
     for UTF-8 text, "wb" for bytes); on any failure the temporary file is removed and `path`
     is left as it was."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # mkstemp makes the file private (0600); give it the mode open() would have given it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     tmp = Path(tmp_name)
     try:
         encoding = None if "b" in mode else "utf-8"
