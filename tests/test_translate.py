@@ -70,3 +70,22 @@ def test_stdin_output_starts_before_the_input_ends(trained_run):
     expected = Translator.load(trained_run, method="greedy").translate(first_buffer + tail)
     assert out[:-1] == expected
     assert out[-4:-2] == ["", ""]  # the empty and the whitespace-only line
+
+
+def test_threads_option_sets_the_decoding_threads(trained_run):
+    """--threads on `nmt translate` (and `nmt serve`, the same helper) sets torch's threads
+    before the model loads; the output does not change with it."""
+    import torch
+    from test_cli import assert_user_error, nmt
+
+    before = torch.get_num_threads()
+    try:
+        default = nmt("-q", "translate", trained_run, input="The dog laughed.\n")
+        one = nmt("-q", "translate", trained_run, "--threads", "1", input="The dog laughed.\n")
+        assert one.exit_code == 0, one.output
+        assert torch.get_num_threads() == 1
+        assert one.stdout == default.stdout
+    finally:
+        torch.set_num_threads(before)
+    assert_user_error(nmt("translate", trained_run, "--threads", "-1"), "--threads must be 0")
+    assert "--threads" in nmt("serve", "--help").stdout
