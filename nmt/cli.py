@@ -42,6 +42,15 @@ SetOpt = Annotated[
 ]
 
 
+ThreadsOpt = Annotated[
+    int,
+    typer.Option(
+        help="CPU threads for decoding (0: torch's default, one per core); on a shared "
+        "machine, fewer threads than cores can be much faster."
+    ),
+]
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Mistakes a user can make end in one line on stderr and exit code 2, no traceback."""
@@ -269,13 +278,7 @@ def translate(
             "one sentence at a time: docs/results.md)."
         ),
     ] = "none",
-    threads: Annotated[
-        int,
-        typer.Option(
-            help="CPU threads for decoding (0: torch's default, one per core); on a shared "
-            "machine, fewer threads than cores can be much faster."
-        ),
-    ] = 0,
+    threads: ThreadsOpt = 0,
 ) -> None:
     """Translate lines of text (a file or stdin), one output line per input line. CHECKPOINTS
     may also be one folder written by `nmt export`, decoded with CTranslate2."""
@@ -701,13 +704,7 @@ def serve(
         str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")
     ] = "auto",
     quantize: Annotated[str, typer.Option(help="none, or int8 (CPU only).")] = "none",
-    threads: Annotated[
-        int,
-        typer.Option(
-            help="CPU threads for decoding (0: torch's default, one per core); on a shared "
-            "machine, fewer threads than cores can be much faster."
-        ),
-    ] = 0,
+    threads: ThreadsOpt = 0,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
 ) -> None:
     """Serve models over HTTP (needs `pip install 'nmt[serve]'`): POST /translate, GET /health,
