@@ -40,7 +40,6 @@ names CTranslate2 with the same search (or beside the first setting), as a ratio
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
 import resource
@@ -79,10 +78,11 @@ class _Direct:
         import ctranslate2
         import sentencepiece as spm
 
+        from nmt.data.tokenizer import Tokenizer
+
         self.src = spm.SentencePieceProcessor(model_file=str(Path(folder) / "source.spm"))
-        self.tgt_tok = _Pieces(
-            spm.SentencePieceProcessor(model_file=str(Path(folder) / "target.spm"))
-        )
+        # nmt's tokenizer only counts the output's tokens, outside the timed pass.
+        self.tgt_tok = Tokenizer.from_file(Path(folder) / "target.spm")
         compute = "int8" if values.get("quantize") == "int8" else "float32"
         threads = torch.get_num_threads()
         self.translator = ctranslate2.Translator(
@@ -101,14 +101,6 @@ class _Direct:
             max_decoding_length=int(1.2 * longest + 10),  # nmt's default limit, a * n + b
         )
         return self.tgt_tok.sp.decode([r.hypotheses[0] for r in results])
-
-
-@dataclasses.dataclass
-class _Pieces:
-    sp: object
-
-    def encode(self, lines: list[str]) -> list[list[int]]:
-        return self.sp.encode(lines)  # type: ignore[attr-defined]
 
 
 def _worker(args: argparse.Namespace, name: str, values: dict) -> None:

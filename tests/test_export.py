@@ -191,7 +191,7 @@ def load_both(run: Path, folder: Path, **decode: object) -> tuple[Translator, Tr
 
 def decode_all(translator: Translator, lines: list[str], nbest: int):
     """Each line's hypotheses (token ids, scores), the whole set decoded as one batch."""
-    return translator._decode_batch(translator._encode(lines), nbest, translator.decode)
+    return translator.engine.search(translator._encode(lines), nbest, translator.decode)
 
 
 def line_limits(translator: Translator, lines: list[str]) -> list[int]:

@@ -23,13 +23,13 @@ LINES = [
 
 def batches_of(translator: Translator, lines: list[str]) -> tuple[list[str], list[int]]:
     sizes: list[int] = []
-    decode_batch = translator._decode_batch
+    search = translator.engine.search
 
     def recording(batch, *args):
         sizes.append(len(batch))
-        return decode_batch(batch, *args)
+        return search(batch, *args)
 
-    translator._decode_batch = recording
+    translator.engine.search = recording
     return translator.translate(lines), sizes
 
 

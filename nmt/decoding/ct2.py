@@ -66,7 +66,6 @@ from nmt.data.tokenizer import BOS, EOS, PAD, Tokenizer
 from nmt.decoding.records import ReferenceScore
 from nmt.decoding.search import Guide, Hypothesis, length_penalty, max_lengths
 from nmt.errors import NmtError
-from nmt.models.quantize import QUANTIZE_CHOICES
 
 log = logging.getLogger("nmt")
 
@@ -318,16 +317,13 @@ def load_export(
 ) -> tuple[CTranslate2Engine, Tokenizer, Tokenizer, DecodeConfig, dict[str, Any]]:
     """The engine, tokenizers, decoding settings and description of an exported folder: its
     decoding defaults, which keyword arguments (None: keep) override. `precision` and
-    `quantize` choose CTranslate2's compute type; `auto` keeps the type it was exported with."""
+    `quantize` (checked by Translator.load) choose CTranslate2's compute type; `auto` keeps the
+    type it was exported with."""
     ct2 = require_ctranslate2()
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     if len(paths) != 1:
         raise NmtError("an exported model translates alone; ensembles need checkpoints")
     folder = Path(paths[0])
-    if quantize not in QUANTIZE_CHOICES:
-        raise NmtError(
-            f"unknown quantization '{quantize}'; choose from {', '.join(QUANTIZE_CHOICES)}"
-        )
     if precision not in COMPUTE_TYPES[quantize]:
         raise NmtError(f"unknown precision '{precision}'; use auto, fp32, bf16 or fp16")
     metadata = read_metadata(folder)

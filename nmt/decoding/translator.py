@@ -19,13 +19,13 @@ import torch
 from nmt import checkpoint, config
 from nmt.config import DecodeConfig
 from nmt.data.batches import batches_by_size
-from nmt.data.tokenizer import Tokenizer
+from nmt.data.tokenizer import UNK, Tokenizer
 from nmt.decoding import ct2
 from nmt.decoding.ct2 import CTranslate2Engine
 from nmt.decoding.engine import TorchEngine
 from nmt.decoding.lines import in_step
 from nmt.decoding.records import ReferenceScore, Request, Translation
-from nmt.decoding.search import Guide, Hypothesis
+from nmt.decoding.search import Guide
 from nmt.errors import NmtError
 from nmt.models.base import count_parameters
 from nmt.models.builder import load_model
@@ -84,16 +84,16 @@ class Translator:
         gives its own recipe's. The first model's settings apply to an ensemble; keyword
         arguments (None: keep) override them. `quantize="int8"` quantizes the linear layers
         (CPU only). A folder written by `nmt export` is decoded by CTranslate2 (nmt.decoding.ct2)."""
+        if quantize not in QUANTIZE_CHOICES:
+            raise NmtError(
+                f"unknown quantization '{quantize}'; choose from {', '.join(QUANTIZE_CHOICES)}"
+            )
         first = path if isinstance(path, (str, Path)) else next(iter(path), None)
         if first is not None and ct2.is_export(first):
             engine, src_tok, tgt_tok, decode, info = ct2.load_export(
                 path, device, precision, quantize, **decode_overrides
             )
             return cls(engine, src_tok, tgt_tok, decode, info)
-        if quantize not in QUANTIZE_CHOICES:
-            raise NmtError(
-                f"unknown quantization '{quantize}'; choose from {', '.join(QUANTIZE_CHOICES)}"
-            )
         dev = resolve_device(device)
         paths = [path] if isinstance(path, (str, Path)) else list(path)
         if not paths:
@@ -146,15 +146,6 @@ class Translator:
                 ids[i] = seq[:limit]
         return ids
 
-    def _decode_batch(
-        self,
-        batch: list[list[int]],
-        nbest: int,
-        decode: DecodeConfig,
-        guide: Guide | None = None,
-    ) -> list[list[Hypothesis]]:
-        return self.engine.search(batch, nbest, decode, guide)
-
     def translate_nbest(
         self,
         lines: list[str],
@@ -194,7 +185,7 @@ class Translator:
                 )
                 if not any(part.prefixes) and not any(part.constraints):
                     part = None
-            hyp_lists = self._decode_batch([ids[b] for b in batch], nbest, decode, part)
+            hyp_lists = self.engine.search([ids[b] for b in batch], nbest, decode, part)
             for b, hyps in zip(batch, hyp_lists):
                 texts = self.tgt_tok.decode([h.tokens for h in hyps])
                 weights: list = [None] * len(hyps)
@@ -231,18 +222,6 @@ class Translator:
         for name, given in (("prefixes", prefixes), ("constraints", constraints)):
             if given is not None and len(given) != len(lines):
                 raise NmtError(f"{len(given)} {name} for {len(lines)} input lines; give one each")
-        for i in todo:
-            texts = {"prefix": [prefixes[i]] if prefixes is not None else []}
-            texts["constraint"] = list(constraints[i]) if constraints is not None else []
-            for what, given in texts.items():
-                for text in given:
-                    missing = self.tgt_tok.unknown_characters(text) if isinstance(text, str) else []
-                    if missing:
-                        raise NmtError(
-                            f"input, line {first_line + i}: the {what} {text!r} holds characters "
-                            f"the target vocabulary lacks ({' '.join(missing)}); they would come "
-                            "out as ⁇, so rephrase it without them"
-                        )
         prefix_ids = [[] for _ in todo]
         if prefixes is not None:
             texts = [prefixes[i] for i in todo]
@@ -260,6 +239,18 @@ class Translator:
                 phrase_ids[j] = self.tgt_tok.encode(list(constraints[i]))
         limit = self.engine.max_output_length
         for j, i in enumerate(todo):
+            prefix = prefixes[i] if prefixes is not None else ""
+            phrases = constraints[i] if constraints is not None else []
+            given = [("prefix", prefix, prefix_ids[j])]
+            given += [("constraint", text, ids) for text, ids in zip(phrases, phrase_ids[j])]
+            for what, text, ids in given:
+                if UNK in ids:
+                    missing = " ".join(self.tgt_tok.unknown_characters(text))
+                    raise NmtError(
+                        f"input, line {first_line + i}: the {what} {text!r} holds characters "
+                        f"the target vocabulary lacks ({missing}); they would come out as ⁇, "
+                        "so rephrase it without them"
+                    )
             needed = len(prefix_ids[j]) + sum(map(len, phrase_ids[j]))
             if needed > limit:
                 raise NmtError(
