@@ -553,3 +553,33 @@ def test_reorder_cache_selects_rows_and_decoding_continues_correctly(kind):
     torch.testing.assert_close(
         torch.cat(outs_cross, 1), full_cross[:, split:], atol=ATOL, rtol=RTOL
     )
+
+
+@pytest.mark.parametrize("keys", [1, 5, 12, 13, 30])
+def test_single_query_weighted_sum_equals_matmul(keys: int) -> None:
+    """A decoding step's weights @ values, summed by broadcasting where PyTorch's bmm would take
+    its small-matrix loop, gives exactly the product's values (the same terms, added in the
+    same order), and is the product itself above that bound."""
+    g = torch.Generator().manual_seed(keys)
+    weights = torch.randn(6, 4, 1, keys, generator=g).softmax(-1)
+    values = torch.randn(6, 4, keys, 32, generator=g)
+    assert torch.equal(attention_module._weighted_sum(weights, values), weights @ values)
+
+
+def test_step_log_probs_in_place_equal_log_softmax() -> None:
+    """The decoding step's in-place log-softmax writes what F.log_softmax returns; tensors it
+    may not overwrite (strided, half precision, needing gradients) are left alone."""
+    from nmt.models.base import next_token_log_probs
+
+    logits = torch.randn(7, 300, generator=torch.Generator().manual_seed(0)) * 5
+    want = F.log_softmax(logits, dim=-1)
+    work = logits.clone()
+    got = next_token_log_probs(work)
+    assert torch.equal(got, want) and got.data_ptr() == work.data_ptr()
+    strided = logits.t().contiguous().t()
+    assert torch.equal(next_token_log_probs(strided), want) and torch.equal(strided, logits)
+    half = logits.bfloat16()
+    out = next_token_log_probs(half)
+    assert out.dtype == torch.float32 and torch.equal(half, logits.bfloat16())
+    grad = logits.clone().requires_grad_()
+    assert torch.equal(next_token_log_probs(grad).detach(), want)

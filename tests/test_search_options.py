@@ -9,7 +9,7 @@ import torch
 
 from nmt.config import DecodeConfig, ModelConfig
 from nmt.data.tokenizer import EOS, PAD
-from nmt.decoding.search import Sampler, beam_search, greedy_search
+from nmt.decoding.search import Sampler, beam_search, best_tokens, greedy_search, top_candidates
 from nmt.models.builder import build_model
 
 VOCAB = 12
@@ -136,3 +136,28 @@ def test_sampler_draws_from_the_filtered_distribution(temperature, top_k, top_p)
             assert f == 0.0
         else:
             assert abs(f - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-3
+
+
+@pytest.mark.parametrize("vocab", [5, 32, 33, 8003])
+@pytest.mark.parametrize("sentences,beam", [(1, 1), (3, 5)])
+def test_candidates_match_a_full_topk(vocab: int, sentences: int, beam: int) -> None:
+    """The two-stage search for candidates (block maxima, then tokens inside the best blocks)
+    returns what one `topk` over all beams x tokens does, with the same sums; `best_tokens`
+    what `max` does. Dead beams (-inf) and blocked tokens included."""
+    g = torch.Generator().manual_seed(vocab)
+    for trial in range(6):
+        lp = torch.randn(sentences * beam, vocab, generator=g).log_softmax(-1)
+        if trial % 3 == 0:
+            lp[:, ::3] = -math.inf
+        scores = torch.randn(sentences, beam, generator=g)
+        if trial % 2:
+            scores[:, 1:] = -math.inf
+        full = (scores[:, :, None] + lp.view(sentences, beam, vocab)).view(sentences, -1)
+        want_values, want_index = full.topk(min(2 * beam, beam * vocab), dim=1)
+        values, index = top_candidates(scores, lp, 2 * beam)
+        assert torch.equal(values, want_values)
+        finite = want_values.isfinite()  # -inf ties may come in any order
+        assert torch.equal(index[finite], want_index[finite])
+        best, token = best_tokens(lp)
+        want_best, want_token = lp.max(dim=-1)
+        assert torch.equal(best, want_best) and torch.equal(token, want_token)

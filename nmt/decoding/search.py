@@ -68,6 +68,66 @@ def _force_prefix(
             lp[row, prefix[step]] = raw[row, prefix[step]]
 
 
+# Candidates are found in two stages: the maxima of blocks of BLOCK tokens (one fast, vectorised
+# pass over the vocabulary), then the best tokens inside the best blocks. The k best candidates
+# lie in the k blocks with the highest maxima, so this is exact; a full `topk` or `max` with
+# indices over sentences x beam x vocabulary cost about 3x the log-softmax on the CPU
+# (docs/experiments/decoding.md, "Issue 38").
+BLOCK = 32
+
+
+def _block_maxima(lp: torch.Tensor) -> torch.Tensor:
+    """(R, V) -> (R, ceil(V / BLOCK)): the maximum of each block of BLOCK tokens."""
+    rows, vocab = lp.shape
+    full = vocab // BLOCK
+    lp = lp.contiguous()
+    maxima = lp.as_strided((rows, full, BLOCK), (vocab, BLOCK, 1)).amax(dim=-1)
+    if vocab % BLOCK:
+        maxima = torch.cat([maxima, lp[:, full * BLOCK :].amax(dim=-1, keepdim=True)], dim=1)
+    return maxima
+
+
+def _block_tokens(blocks: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Block numbers (...) -> their tokens (..., BLOCK); past the vocabulary's end: vocab - 1,
+    which callers mask."""
+    tokens = blocks[..., None] * BLOCK + torch.arange(BLOCK, device=blocks.device)
+    return tokens.clamp_(max=vocab - 1)
+
+
+def best_tokens(lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`lp.max(dim=-1)`: each row's highest value and the first token holding it."""
+    rows, vocab = lp.shape
+    block = _block_maxima(lp).argmax(dim=-1)  # the first block holding the maximum
+    tokens = _block_tokens(block, vocab)  # (R, BLOCK)
+    values = lp.gather(1, tokens)
+    values[tokens.diff(dim=1, prepend=tokens[:, :1] - 1).eq(0)] = -math.inf  # past the end
+    best, at = values.max(dim=-1)
+    return best, tokens.gather(1, at[:, None]).squeeze(1)
+
+
+def top_candidates(
+    scores: torch.Tensor, lp: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best of scores[i, b] + lp[i·K + b, t] over each sentence i's beams b and tokens t:
+    `(scores[:, :, None] + lp.view(n, K, V)).view(n, K·V).topk(k)`, values and flat indices
+    b·V + t, with the same sums."""
+    n, K = scores.shape
+    vocab = lp.shape[1]
+    blocks_per_row = -(-vocab // BLOCK)
+    maxima = (_block_maxima(lp).view(n, K, blocks_per_row) + scores[:, :, None]).view(n, -1)
+    k_blocks = min(k, maxima.shape[1])
+    best_blocks = maxima.topk(k_blocks, dim=1).indices  # (n, k_blocks) over beams x blocks
+    beam = best_blocks // blocks_per_row
+    tokens = _block_tokens(best_blocks % blocks_per_row, vocab)  # (n, k_blocks, BLOCK)
+    rows = (beam + torch.arange(n, device=lp.device)[:, None] * K)[:, :, None]
+    values = scores.gather(1, beam)[:, :, None] + lp[rows, tokens]
+    past_end = tokens.diff(dim=2, prepend=tokens[:, :, :1] - 1).eq(0)
+    values = values.masked_fill_(past_end, -math.inf).view(n, -1)
+    top_values, at = values.topk(min(k, K * vocab), dim=1)
+    flat = (beam[:, :, None] * vocab + tokens).view(n, -1).gather(1, at)
+    return top_values, flat
+
+
 def _apply_length_and_repeat_rules(
     lp: torch.Tensor, tokens: torch.Tensor, step: int, options: DecodeConfig
 ) -> None:
@@ -168,7 +228,7 @@ def greedy_search(
         if forcing:
             _force_prefix(lp, raw, [prefixes[s] for s in active], step)
         if sampler is None:
-            best_lp, best = lp.max(dim=-1)
+            best_lp, best = best_tokens(lp)
         else:
             best = sampler(lp)
             best_lp = lp.gather(1, best[:, None]).squeeze(1)
@@ -381,9 +441,7 @@ def beam_search(
         else:
             rows = [(s, progress[i * K + k]) for i, s in enumerate(active) for k in range(K)]
             _restrict(lp, raw, step, rows, guide, limits)
-        n = len(active)
-        candidates = (scores[:, :, None] + lp.view(n, K, vocab)).view(n, K * vocab)
-        top_scores, top_idx = candidates.topk(min(2 * K, K * vocab), dim=1)
+        top_scores, top_idx = top_candidates(scores, lp, 2 * K)
         top_beam, top_tok = (top_idx // vocab).tolist(), (top_idx % vocab).tolist()
         top_scores_list = top_scores.tolist()
         rows, next_tokens, next_scores, kept = [], [], [], []  # kept: indices into active

@@ -30,6 +30,21 @@ def _rows(linear: nn.Linear, start: int, stop: int) -> nn.Linear:
     return part
 
 
+# Below this many multiply-adds per matrix (rows x columns x inner size) PyTorch's CPU `bmm`
+# runs its own loop for small matrices instead of the BLAS (aten's bmm_out_or_baddbmm_).
+_SMALL_BMM = 400
+
+
+def _weighted_sum(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """weights (B, H, L, S) @ v (B, H, S, Dh). With one query and S·Dh below PyTorch's small-
+    matrix bound (a decoding step's first dozen positions, short sources) that loop took 4x as
+    long as a broadcast product summed over S, which adds the same terms in the same order
+    (equal results; docs/experiments/decoding.md, "Issue 38")."""
+    if weights.shape[-2] == 1 and v.device.type == "cpu" and v.shape[-2] * v.shape[-1] < _SMALL_BMM:
+        return (weights.transpose(-1, -2) * v).sum(dim=-2, keepdim=True)
+    return weights @ v
+
+
 class Attention(nn.Module):
     """What every mechanism shares: the Q/K/V projections, heads, masks and the cache.
 
@@ -132,7 +147,7 @@ class Attention(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         weights = scores.softmax(dim=-1)
-        return F.dropout(weights, self.dropout, self.training) @ v, weights
+        return _weighted_sum(F.dropout(weights, self.dropout, self.training), v), weights
 
     def attend(
         self,

@@ -100,5 +100,16 @@ class EncoderDecoder(nn.Module):
         raise NotImplementedError
 
 
+def next_token_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the vocabulary of a decoding step's logits (rows, V), in float32. A
+    contiguous float32 tensor on the CPU, outside autograd, is overwritten in place: a fresh
+    (sentences x beam x vocabulary) output cost about a tenth of a beam-5 step
+    (docs/experiments/decoding.md, "Issue 38")."""
+    in_place = logits.dtype == torch.float32 and logits.device.type == "cpu"
+    if not in_place or not logits.is_contiguous() or logits.requires_grad:
+        return F.log_softmax(logits.float(), dim=-1)
+    return torch.ops.aten._log_softmax.out(logits, -1, False, out=logits)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

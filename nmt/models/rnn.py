@@ -44,13 +44,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD
-from nmt.models.base import Dropout, EncoderDecoder
+from nmt.models.base import Dropout, EncoderDecoder, next_token_log_probs
 
 # A GRU's state (layers, B, H), or an LSTM's (h, c).
 Hidden = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -285,7 +284,7 @@ class RNNModel(EncoderDecoder):
 
     def step(self, state: RNNState, tokens: torch.Tensor) -> torch.Tensor:
         out, _ = self.decoder(state, self._embed_target(tokens))
-        return F.log_softmax(self.project(out[:, -1]).float(), dim=-1)
+        return next_token_log_probs(self.project(out[:, -1]))
 
     def reorder(
         self, state: RNNState, order: torch.Tensor, source_order: torch.Tensor | None = None

@@ -29,7 +29,7 @@ from nmt.models.attention import (
     MultiHeadAttention,
     reorder_cache,
 )
-from nmt.models.base import Dropout, EncoderDecoder
+from nmt.models.base import Dropout, EncoderDecoder, next_token_log_probs
 
 # One dict per decoder layer: {"self": {...}, "cross": {...}}, filled by the attention modules.
 DecoderCache = list[dict[str, dict[str, torch.Tensor]]]
@@ -269,7 +269,7 @@ class Transformer(EncoderDecoder):
     def step(self, state: TransformerState, tokens: torch.Tensor) -> torch.Tensor:
         logits, _ = self.decode(tokens, state.memory, state.pad_mask, state.cache, state.length)
         state.length += tokens.shape[1]
-        return F.log_softmax(logits[:, -1].float(), dim=-1)
+        return next_token_log_probs(logits[:, -1])
 
     def reorder(
         self,
