@@ -13,6 +13,7 @@ import pytest
 from test_cli import assert_user_error, nmt
 
 from nmt.decoding.records import Request
+from nmt.decoding.search import Hypothesis, length_penalty
 from nmt.decoding.translator import Translator
 from nmt.errors import NmtError
 
@@ -114,6 +115,49 @@ def test_reference_scores_equal_the_beam_s_own_scores(trained_run, files):
     assert_user_error(
         nmt("translate", trained_run, "-i", src, "--score-reference", long),
         "--score-reference, line 2: the reference has",
+    )
+
+
+def test_every_output_scores_as_its_text_does(trained_run, monkeypatch):
+    """An output's score is the score of its text given as a reference, n-best lists included,
+    even when the search ends on another segmentation of that text: a lone "▁" before a word
+    (which decodes to a double space) or a word spelt in smaller pieces. Such hypotheses come
+    out as the text's own segmentation, scored by forced decoding, without the double space,
+    and two that become one merge."""
+    translator = Translator.load(trained_run)
+    sources = [line for line in LINES if line]
+    nbest = translator.translate_nbest(sources, nbest=3)
+    flat = [(s, t) for s, ts in zip(sources, nbest) for t in ts]
+    scores = translator.score_references([s for s, _ in flat], [t.text for _, t in flat])
+    for (_, t), ref in zip(flat, scores):
+        assert ref.score == pytest.approx(t.score, abs=1e-4)
+
+    sp = translator.tgt_tok.sp
+    words = [
+        sp.id_to_piece(i)
+        for i in range(len(sp))
+        if sp.id_to_piece(i).startswith("▁") and len(sp.id_to_piece(i)) >= 3
+    ]
+    first, word = words[0], next(w for w in words[1:] if all(sp.piece_to_id(c) for c in w[1:]))
+    space = sp.piece_to_id("▁")
+    spaced = [sp.piece_to_id(first), space, sp.piece_to_id(word)]  # "A  b": a double space
+    split = [sp.piece_to_id(first), space] + [sp.piece_to_id(c) for c in word[1:]]
+    text = f"{first[1:]} {word[1:]}"
+    assert translator.tgt_tok.decode([spaced])[0] == f"{first[1:]}  {word[1:]}"
+    assert translator.tgt_tok.decode([split])[0] == text != split
+
+    def odd_search(batch, nbest, decode, guide=None):
+        return [[Hypothesis(spaced, -1.0, -1.0), Hypothesis(split, -2.0, -2.0)] for _ in batch]
+
+    source = "The dog saw the cat."
+    monkeypatch.setattr(translator.engine, "search", odd_search)
+    (outputs,) = translator.translate_nbest([source], nbest=2)
+    monkeypatch.undo()
+    (want,) = translator.score_references([source], [text])
+    assert [t.text for t in outputs] == [text]  # one text: the two merged
+    assert outputs[0].score == pytest.approx(want.score, abs=1e-4)
+    assert outputs[0].norm_score == pytest.approx(
+        want.score / length_penalty(want.tokens, translator.decode.length_penalty), abs=1e-4
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from nmt.decoding.ct2 import CTranslate2Engine
 from nmt.decoding.engine import TorchEngine
 from nmt.decoding.lines import in_step
 from nmt.decoding.records import ReferenceScore, Request, Translation
-from nmt.decoding.search import Guide
+from nmt.decoding.search import Guide, Hypothesis, length_penalty
 from nmt.errors import NmtError
 from nmt.models.base import count_parameters
 from nmt.models.builder import load_model
@@ -187,7 +188,7 @@ class Translator:
                     part = None
             hyp_lists = self.engine.search([ids[b] for b in batch], nbest, decode, part)
             for b, hyps in zip(batch, hyp_lists):
-                texts = self.tgt_tok.decode([h.tokens for h in hyps])
+                hyps, texts = self._as_texts(ids[b], hyps, decode)
                 weights: list = [None] * len(hyps)
                 if alignment or attention:
                     weights = self.engine.cross_attention(ids[b], [h.tokens for h in hyps])
@@ -205,6 +206,36 @@ class Translator:
                     for t, h, w in zip(texts, hyps, weights)
                 ]
         return outputs
+
+    def _as_texts(
+        self, src: list[int], hyps: list[Hypothesis], decode: DecodeConfig
+    ) -> tuple[list[Hypothesis], list[str]]:
+        """Each hypothesis with its text. A hypothesis that is not SentencePiece's own
+        segmentation of its text (a lone "▁" before a word, which decodes to a double space,
+        or a word in other pieces) becomes that segmentation, scored by forced decoding: the
+        score of an output is then the score of its text as a reference (`--score-reference`),
+        and an output never holds a double space. Hypotheses that become one merge (the
+        better kept); the list stays best first."""
+        texts = self.tgt_tok.decode([h.tokens for h in hyps])
+        again = self.tgt_tok.encode(texts)
+        limit = self.engine.max_output_length
+        odd = [
+            i
+            for i, (h, ids) in enumerate(zip(hyps, again))
+            if ids != h.tokens and h.score != -math.inf and len(ids) <= limit
+        ]
+        if not odd:
+            return hyps, texts
+        scores = self.engine.score([src] * len(odd), [again[i] for i in odd], decode)
+        hyps = list(hyps)
+        for i, scored in zip(odd, scores):
+            penalty = length_penalty(scored.tokens, decode.length_penalty)
+            hyps[i] = Hypothesis(again[i], scored.score, scored.score / penalty)
+        kept: dict[tuple[int, ...], Hypothesis] = {}
+        for h in sorted(hyps, key=lambda h: h.norm_score, reverse=True):
+            kept.setdefault(tuple(h.tokens), h)
+        hyps = list(kept.values())
+        return hyps, self.tgt_tok.decode([h.tokens for h in hyps])
 
     def _guide(
         self,
