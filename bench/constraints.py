@@ -33,7 +33,9 @@ def reference_phrases(reference: str, number: int, german: bool, rng: random.Ran
     if german:
         candidates = [w for w in words if len(w) >= 3 and w[0].isupper() and w.isalpha()]
     else:
-        candidates = sorted({w for w in words if len(w) >= 4 and w.isalpha()}, key=len)[::-1]
+        candidates = sorted(
+            {w for w in words if len(w) >= 4 and w.isalpha()}, key=lambda w: (-len(w), w)
+        )
         candidates = candidates[: 2 * number]
     candidates = list(dict.fromkeys(candidates))
     return rng.sample(candidates, min(number, len(candidates)))
@@ -56,6 +58,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="first N sentences only")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--words",
+        choices=["auto", "longest"],
+        default="auto",
+        help="auto: a German target's capitalised words (its nouns), else the longest words; "
+        "longest: the longest words whatever the language (the toy corpus is lowercase)",
+    )
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
     if args.threads:
@@ -66,7 +75,7 @@ def main() -> None:
     if args.limit:
         sources, refs = sources[: args.limit], refs[: args.limit]
     translator = Translator.load(args.run, device="cpu", beam_size=args.beam, method="beam")
-    german = translator.info["recipe"].data.tgt_lang == "de"
+    german = translator.info["recipe"].data.tgt_lang == "de" and args.words == "auto"
     rng = random.Random(args.seed)
     constraints = [reference_phrases(r, args.phrases, german, rng) for r in refs]
 

@@ -15,7 +15,9 @@ A setting is NAME=key=value[,key=value]: any decode key (beam_size, method, batc
 batch_tokens, length_penalty, ...) or quantize=int8, precision=bf16, device=cuda, or
 export=DIR: translate with DIR, the model written by `nmt export --to ctranslate2`, which
 CTranslate2 decodes (there quantize=int8 and precision choose its compute type). CTranslate2
-runs on as many threads as torch (--threads). Side by side on one model:
+runs on as many threads as torch (--threads). tree=DIR runs the nmt of another checkout (a
+`git worktree` of an older commit), so two versions take turns in one run. Side by side on one
+model:
 
     nmt export runs/multi30k_en_de --to ctranslate2 /tmp/m30k_ct2
     python bench/decode_speed.py runs/multi30k_en_de -i data/multi30k/test_2016_flickr.en \\
@@ -51,7 +53,7 @@ from pathlib import Path
 
 import torch
 
-STRING_KEYS = ("method", "quantize", "precision", "device", "export", "direct")
+STRING_KEYS = ("method", "quantize", "precision", "device", "export", "direct", "tree")
 
 
 def _parse_setting(spec: str) -> tuple[str, dict]:
@@ -67,7 +69,7 @@ def _load(args: argparse.Namespace, values: dict):
     """The translator a setting names: the checkpoint's, or with export=DIR, CTranslate2's."""
     from nmt.decoding.translator import Translator
 
-    options = {key: value for key, value in values.items() if key != "export"}
+    options = {key: value for key, value in values.items() if key not in ("export", "tree")}
     return Translator.load(values.get("export", args.checkpoint), **options)
 
 
@@ -157,6 +159,8 @@ def _table(results: list[dict]) -> str:
             if "direct" in r["values"]
             else ("nmt on CTranslate2" if "export" in r["values"] else "nmt")
         )
+        if "tree" in r["values"]:
+            engine += f" at {r['values']['tree']}"
         rows.append(
             f"| {r['setting']} | {engine} | {r['sentences_per_s']} | {r['ms_per_sentence']} "
             f"| {r['tgt_tokens_per_s']} | {r['max_rss_mib']} | {ratio} |"
@@ -198,7 +202,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     settings = [_parse_setting(s) for s in args.setting] or [("default", {})]
     if args.child:
-        _worker(args, *settings[0])
+        name, values = settings[0]
+        if "tree" in values:  # another checkout's nmt: two versions side by side in one run
+            sys.path.insert(0, str(Path(values["tree"]).resolve()))
+        _worker(args, name, values)
         return
     if args.profile:
         _profile(args, *settings[0])

@@ -47,11 +47,34 @@ def test_progress_follows_phrases_and_unwinds():
     phrases = [[5, 6, 7], [9]]
     p = Progress((False, False))
     p = p.advance(5, phrases).advance(6, phrases)
-    assert (p.current, p.position, p.count(phrases)) == (0, 2, 2)
+    assert (p.matched, p.count(phrases)) == ((2, 0), 2)
     p = p.advance(8, phrases)  # breaks phrase 0: its tokens no longer count
-    assert (p.current, p.count(phrases), p.wanted(phrases)) == (-1, 0, [5, 9])
+    assert (p.matched, p.count(phrases), p.wanted(phrases)) == ((0, 0), 0, [5, 9])
     p = p.advance(9, phrases).advance(5, phrases).advance(6, phrases).advance(7, phrases)
     assert p.done() and p.count(phrases) == 4 and p.remaining(phrases) == 0
+
+
+def test_progress_tracks_phrases_that_begin_alike():
+    """Two phrases after the same first piece (a lone "▁" before two words) are both followed:
+    the second is met even though the first one's match began at the same token."""
+    phrases = [[3, 10, 11], [3, 20, 21]]
+    p = Progress((False, False))
+    for token in (3, 20, 21):
+        p = p.advance(token, phrases)
+    assert p.met == (False, True) and p.wanted(phrases) == [3]
+    for token in (3, 10, 11):
+        p = p.advance(token, phrases)
+    assert p.done()
+
+
+def test_progress_falls_back_to_a_shorter_match():
+    """A break keeps the longest partial match still true: 4 4 6 is met in 4 4 4 6."""
+    phrases = [[4, 4, 6]]
+    p = Progress((False,))
+    for token in (4, 4, 4):
+        p = p.advance(token, phrases)
+    assert p.matched == (2,) and not p.done()
+    assert p.advance(6, phrases).done()
 
 
 def test_prefixes_are_continued_by_every_search(setup):

@@ -257,45 +257,54 @@ def greedy_search(
 @dataclass(frozen=True)
 class Progress:
     """How far one hypothesis is through its sentence's constraints (target phrases that must
-    appear): which are met, and the phrase being generated and how many of its tokens are out.
-    A token that breaks a phrase in progress unwinds it (Post & Vilar, 2018)."""
+    appear): which are met and, for each other phrase, how many of its first tokens the
+    output ends with. Every phrase is followed on its own, so phrases that begin alike (two
+    words after a lone "▁" piece) are both tracked, and a token that breaks a partial match
+    falls back to the longest shorter one, as a string matcher does (Knuth-Morris-Pratt)."""
 
     met: tuple[bool, ...]
-    current: int = -1  # the phrase in progress, -1: none
-    position: int = 0  # its tokens generated so far
+    matched: tuple[int, ...] = ()  # per phrase; () is none yet
 
     def advance(self, token: int, phrases: Sequence[Sequence[int]]) -> Progress:
-        met = self.met
-        if self.current >= 0:
-            phrase = phrases[self.current]
-            if phrase[self.position] == token:
-                if self.position + 1 < len(phrase):
-                    return Progress(met, self.current, self.position + 1)
-                met = met[: self.current] + (True,) + met[self.current + 1 :]
-                return Progress(met)
-        for j, phrase in enumerate(phrases):  # a token may start an unmet phrase
-            if not met[j] and phrase[0] == token:
-                if len(phrase) == 1:
-                    return Progress(met[:j] + (True,) + met[j + 1 :])
-                return Progress(met, j, 1)
-        return Progress(met)
+        matched = self.matched or (0,) * len(phrases)
+        met, now = list(self.met), []
+        for j, phrase in enumerate(phrases):
+            if met[j]:
+                now.append(0)
+                continue
+            n = _match_after(phrase, matched[j], token)
+            if n == len(phrase):
+                met[j], n = True, 0
+            now.append(n)
+        return Progress(tuple(met), tuple(now))
 
     def done(self) -> bool:
         return all(self.met)
 
     def count(self, phrases: Sequence[Sequence[int]]) -> int:
-        """Constraint tokens generated: the phrases met, and the one in progress so far."""
-        return sum(len(p) for p, m in zip(phrases, self.met) if m) + max(self.position, 0)
+        """Constraint tokens generated: the phrases met, and the longest partial match."""
+        done = sum(len(p) for p, m in zip(phrases, self.met) if m)
+        return done + max(self.matched, default=0)
 
     def wanted(self, phrases: Sequence[Sequence[int]]) -> list[int]:
-        """The tokens that would make progress: the next of the phrase in progress, else the
-        first of each unmet phrase."""
-        if self.current >= 0:
-            return [phrases[self.current][self.position]]
-        return list(dict.fromkeys(p[0] for p, m in zip(phrases, self.met) if not m))
+        """The tokens that would make progress: the next token of every unmet phrase."""
+        matched = self.matched or (0,) * len(phrases)
+        return list(dict.fromkeys(p[n] for p, m, n in zip(phrases, self.met, matched) if not m))
 
     def remaining(self, phrases: Sequence[Sequence[int]]) -> int:
         return sum(len(p) for p in phrases) - self.count(phrases)
+
+
+def _match_after(phrase: Sequence[int], matched: int, token: int) -> int:
+    """The number of the phrase's first tokens that the output ends with, once `token` follows
+    an output ending with its first `matched` tokens."""
+    if phrase[matched] == token:
+        return matched + 1
+    tail = list(phrase[:matched]) + [token]
+    for n in range(min(matched, len(phrase) - 1), 0, -1):
+        if tail[-n:] == list(phrase[:n]):
+            return n
+    return 0
 
 
 @dataclass
@@ -344,6 +353,7 @@ def _restrict(
 
 def _select_guided(
     K: int,
+    width: int,
     beams: list[int],
     toks: list[int],
     scs: list[float],
@@ -355,9 +365,13 @@ def _select_guided(
     """One sentence's step under constraints, with dynamic beam allocation (Post & Vilar,
     2018): the top candidates, plus each live hypothesis' best token and the tokens that would
     advance its constraints; hypotheses are grouped into banks by the number of constraint
-    tokens they have generated, and the K beam slots are dealt to the banks in turn, most
-    advanced first, each taking its best candidates. Returns the finishing candidates (beam,
-    score) and the K survivors (beam, token, score, progress)."""
+    tokens they have generated, and `width` (the beam size) slots are dealt to the banks in
+    turn, most advanced first, each taking its best candidates. A sentence with constraints
+    has one row more (K = width + 1): it keeps the best candidate of all when its bank got no
+    slot (with as many constraint tokens as slots, the dealing never reaches the bank of the
+    unconstrained best, which was dropped at the first step), else one more dealt. EOS among
+    the `width` best candidates finishes a hypothesis. Returns the finishing candidates (beam,
+    score) and the survivors (beam, token, score, progress)."""
     pool = {(b, t): sc for b, t, sc in zip(beams, toks, scs) if sc != -math.inf}
     for beam, score in enumerate(row_scores):
         if score == -math.inf or progress[beam] is None:
@@ -369,19 +383,29 @@ def _select_guided(
             if value != -math.inf:
                 pool.setdefault((beam, tok), value)
     ranked = sorted(pool.items(), key=lambda item: -item[1])
-    finishing = [(b, sc) for rank, ((b, t), sc) in enumerate(ranked) if t == EOS and rank < K]
+    finishing = [(b, sc) for rank, ((b, t), sc) in enumerate(ranked) if t == EOS and rank < width]
     banks: dict[int, list] = {}
+    chosen: list = []
     for (beam, tok), sc in ranked:
         if tok == EOS:
             continue
         advanced = progress[beam].advance(tok, phrases)
         banks.setdefault(advanced.count(phrases), []).append((beam, tok, sc, advanced))
-    chosen: list = []
     order = sorted(banks, reverse=True)
-    while len(chosen) < K and any(banks[c] for c in order):
-        for c in order:
-            if banks[c] and len(chosen) < K:
-                chosen.append(banks[c].pop(0))
+    best = max((banks[b][0] for b in order if banks[b]), key=lambda c: c[2], default=None)
+
+    def deal(slots: int) -> None:
+        while len(chosen) < slots and any(banks[c] for c in order):
+            for c in order:
+                if banks[c] and len(chosen) < slots:
+                    chosen.append(banks[c].pop(0))
+
+    deal(width)
+    if phrases:  # the extra row: the best hypothesis if its bank got no slot, else one more
+        if best is not None and best not in chosen:
+            chosen.append(best)
+            banks[best[3].count(phrases)].remove(best)
+        deal(K)
     chosen.sort(key=lambda candidate: -candidate[2])
     return finishing, chosen
 
@@ -404,7 +428,10 @@ def beam_search(
     continues its prefix and every finished hypothesis holds all its constraints (see
     `_select_guided`); the limit then stretches by as many tokens as they need.
     """
-    K = max(options.beam_size, nbest)
+    width = max(options.beam_size, nbest)  # hypotheses ranked by score; finished ones wanted
+    K = width  # rows per sentence
+    if guide is not None and any(guide.constraints):
+        K += 1  # a row for the best hypothesis when its constraint bank gets no slot
     alpha = options.length_penalty
     device = src.device
     n_sent = src.shape[0]
@@ -453,6 +480,7 @@ def beam_search(
             else:
                 finishing, live = _select_guided(
                     K,
+                    width,
                     top_beam[i],
                     top_tok[i],
                     top_scores_list[i],
@@ -461,13 +489,35 @@ def beam_search(
                     progress[i * K : (i + 1) * K],
                     guide.constraints[sentence],
                 )
+            constrained = guide is not None and bool(guide.constraints[sentence])
             for beam, sc in finishing:
-                if len(done) < K:
+                if len(done) < width or constrained:
                     history = tokens[i * K + beam, 1:].tolist()
                     norm = sc / length_penalty(len(history) + 1, alpha)
                     done.append(Hypothesis(history, sc, norm))
-            if len(done) >= K or not live:
+            if constrained:
+                done.sort(key=lambda h: h.norm_score, reverse=True)
+                del done[width:]
+            if not live or (len(done) >= width and not constrained):
                 continue
+            if constrained and len(done) >= width:
+                # Hypotheses that met the constraints early finish first; the one that meets
+                # them where the model would have put them may still be live. Stop only when
+                # no live hypothesis can end above the K-th finished one (log-probabilities
+                # only fall, so a score over the penalty of its shortest or longest possible
+                # length bounds what it can reach).
+                longest = min(
+                    limits[sentence] + guide.extra_steps(sentence), model.max_output_length
+                )
+                bound = max(
+                    max(
+                        sc / length_penalty(step + 2, alpha),
+                        sc / length_penalty(longest + 1, alpha),
+                    )
+                    for _, _, sc, *_ in live
+                )
+                if bound <= done[-1].norm_score:
+                    continue
             while len(live) < K:  # keep K rows per sentence; dead rows score -inf
                 live.append((*live[0][:2], -math.inf, *live[0][3:]))
             kept.append(i)
