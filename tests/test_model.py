@@ -193,6 +193,24 @@ def test_incremental_decoding_matches_full_forward(kind, norm):
         assert layer["cross"]["k"].shape == (3, 2, 5, 8)  # the source's keys, computed once
 
 
+def test_one_pass_log_probs_equal_the_search_s_steps():
+    """`log_probs`, the one teacher-forced pass that scores references, gives what the search's
+    steps give, for a model and for an ensemble (the renormalised mean of its members)."""
+    from nmt.models.ensemble import Ensemble
+
+    torch.manual_seed(7)
+    src, tgt = random_batch([5, 2, 4]), target_in(3, 5)
+    one, two = make_model("multihead", "pre", seed=7), make_model("mixed", "pre", seed=8)
+    for model in (one, Ensemble([one, two]).eval()):
+        with torch.no_grad():
+            state, steps = model.start(src), []
+            for t in range(tgt.shape[1]):
+                steps.append(model.step(state, tgt[:, t : t + 1])[:, None])
+            torch.testing.assert_close(
+                model.log_probs(src, tgt), torch.cat(steps, dim=1), atol=ATOL, rtol=1e-5
+            )
+
+
 @pytest.mark.parametrize("kind", ["multihead", "mixed"])
 def test_incremental_decoding_with_reordered_cache_matches_full_forward(kind):
     """Transformer.reorder in the middle of decoding, as beam search does (with a duplicate row).

@@ -82,12 +82,12 @@ class TorchEngine:
             targets = [refs[i] + [EOS] for i in batch]
             tgt = pad_sequences([torch.tensor(t) for t in targets], BOS, None)
             with autocast(self.device, self.precision):
-                state = self.model.start(src.to(self.device))
-                steps = [
-                    self.model.step(state, tgt[:, t : t + 1].to(self.device)).float().cpu()
-                    for t in range(tgt.shape[1] - 1)
-                ]
-            log_probs = torch.stack(steps, dim=1)  # (B, T, V): the next token after each
+                # (B, T, V): the next token after each position, in one teacher-forced pass
+                log_probs = (
+                    self.model.log_probs(src.to(self.device), tgt[:, :-1].to(self.device))
+                    .float()
+                    .cpu()
+                )
             for row, i in enumerate(batch):
                 target = torch.tensor(targets[row])
                 token_lp = log_probs[row, : len(target)].gather(1, target[:, None])[:, 0]

@@ -178,6 +178,7 @@ class Translator:
         # Longest first: the costliest batch runs (and fails, if memory is short) early.
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]), reverse=True)
         sizes = [len(ids[j]) + 1 for j in order]  # with EOS
+        found: dict[int, list[Hypothesis]] = {}
         for batch in batches_by_size(order, sizes, decode.batch_tokens, decode.batch_size):
             part = None
             if guide is not None:
@@ -187,55 +188,63 @@ class Translator:
                 if not any(part.prefixes) and not any(part.constraints):
                     part = None
             hyp_lists = self.engine.search([ids[b] for b in batch], nbest, decode, part)
-            for b, hyps in zip(batch, hyp_lists):
-                hyps, texts = self._as_texts(ids[b], hyps, decode)
-                weights: list = [None] * len(hyps)
-                if alignment or attention:
-                    weights = self.engine.cross_attention(ids[b], [h.tokens for h in hyps])
-                outputs[todo[b]] = [
-                    Translation(
-                        t,
-                        h.score,
-                        h.norm_score,
-                        w.argmax(dim=-1).tolist() if alignment else None,
-                        w.tolist() if attention else None,
-                        self.tgt_tok.id_pieces(h.tokens) + ["</s>"]
-                        if alignment or attention
-                        else None,
-                    )
-                    for t, h, w in zip(texts, hyps, weights)
-                ]
+            found.update(zip(batch, hyp_lists))
+        done = list(found)
+        hyp_lists, text_lists = self._as_texts(
+            [ids[b] for b in done], [found[b] for b in done], decode
+        )
+        for b, hyps, texts in zip(done, hyp_lists, text_lists):
+            weights: list = [None] * len(hyps)
+            if alignment or attention:
+                weights = self.engine.cross_attention(ids[b], [h.tokens for h in hyps])
+            outputs[todo[b]] = [
+                Translation(
+                    t,
+                    h.score,
+                    h.norm_score,
+                    w.argmax(dim=-1).tolist() if alignment else None,
+                    w.tolist() if attention else None,
+                    self.tgt_tok.id_pieces(h.tokens) + ["</s>"] if alignment or attention else None,
+                )
+                for t, h, w in zip(texts, hyps, weights)
+            ]
         return outputs
 
     def _as_texts(
-        self, src: list[int], hyps: list[Hypothesis], decode: DecodeConfig
-    ) -> tuple[list[Hypothesis], list[str]]:
-        """Each hypothesis with its text. A hypothesis that is not SentencePiece's own
-        segmentation of its text (a lone "▁" before a word, which decodes to a double space,
+        self, sources: list[list[int]], hyp_lists: list[list[Hypothesis]], decode: DecodeConfig
+    ) -> tuple[list[list[Hypothesis]], list[list[str]]]:
+        """Each sentence's hypotheses with their texts. A hypothesis that is not SentencePiece's
+        own segmentation of its text (a lone "▁" before a word, which decodes to a double space,
         or a word in other pieces) becomes that segmentation, scored by forced decoding: the
         score of an output is then the score of its text as a reference (`--score-reference`),
-        and an output never holds a double space. Hypotheses that become one merge (the
-        better kept); the list stays best first."""
-        texts = self.tgt_tok.decode([h.tokens for h in hyps])
+        and an output never holds a double space. Hypotheses that become one merge (the better
+        kept); each list stays best first. One forced decoding for all of them."""
+        flat = [(i, h) for i, hyps in enumerate(hyp_lists) for h in hyps]
+        texts = self.tgt_tok.decode([h.tokens for _, h in flat])
         again = self.tgt_tok.encode(texts)
         limit = self.engine.max_output_length
         odd = [
-            i
-            for i, (h, ids) in enumerate(zip(hyps, again))
+            j
+            for j, ((_, h), ids) in enumerate(zip(flat, again))
             if ids != h.tokens and h.score != -math.inf and len(ids) <= limit
         ]
         if not odd:
-            return hyps, texts
-        scores = self.engine.score([src] * len(odd), [again[i] for i in odd], decode)
-        hyps = list(hyps)
-        for i, scored in zip(odd, scores):
+            out_texts: list[list[str]] = [[] for _ in hyp_lists]
+            for (i, _), text in zip(flat, texts):
+                out_texts[i].append(text)
+            return hyp_lists, out_texts
+        scores = self.engine.score(
+            [sources[flat[j][0]] for j in odd], [again[j] for j in odd], decode
+        )
+        for j, scored in zip(odd, scores):
             penalty = length_penalty(scored.tokens, decode.length_penalty)
-            hyps[i] = Hypothesis(again[i], scored.score, scored.score / penalty)
-        kept: dict[tuple[int, ...], Hypothesis] = {}
-        for h in sorted(hyps, key=lambda h: h.norm_score, reverse=True):
-            kept.setdefault(tuple(h.tokens), h)
-        hyps = list(kept.values())
-        return hyps, self.tgt_tok.decode([h.tokens for h in hyps])
+            flat[j] = (flat[j][0], Hypothesis(again[j], scored.score, scored.score / penalty))
+        merged: list[dict[tuple[int, ...], Hypothesis]] = [{} for _ in hyp_lists]
+        for i, h in sorted(flat, key=lambda item: item[1].norm_score, reverse=True):
+            merged[i].setdefault(tuple(h.tokens), h)
+        hyp_lists = [list(m.values()) for m in merged]
+        decoded = iter(self.tgt_tok.decode([h.tokens for hyps in hyp_lists for h in hyps]))
+        return hyp_lists, [[next(decoded) for _ in hyps] for hyps in hyp_lists]
 
     def _guide(
         self,

@@ -7,6 +7,7 @@ search never asks which architecture it decodes.
 
     features(src, tgt_in) -> states (B, T, d)   teacher forcing: decoder output states
     project(states) -> logits (..., V)          onto the target vocabulary
+    log_probs(src, tgt_in) -> (B, T, V)         teacher forcing: next-token log-probabilities
     start(src) -> state                         encode a batch; the decoding state, one row each
     step(state, tokens (B, n)) -> (B, V)        feed n new tokens per row; log-probabilities of
                                                 the next token (float32); the state advances
@@ -76,6 +77,11 @@ class EncoderDecoder(nn.Module):
 
     def project(self, states: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def log_probs(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: the log-probabilities (float32) of the next token after each
+        target position, (B, T, V), in one pass."""
+        return F.log_softmax(self.project(self.features(src, tgt_in)).float(), dim=-1)
 
     def start(self, src: torch.Tensor) -> Any:
         raise NotImplementedError

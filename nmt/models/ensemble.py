@@ -24,6 +24,10 @@ class Ensemble(EncoderDecoder):
     def max_output_length(self) -> int:
         return min(m.max_output_length for m in self.models)
 
+    def log_probs(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
+        members = [m.log_probs(src, tgt_in) for m in self.models]
+        return torch.log_softmax(torch.stack(members).mean(0), dim=-1)
+
     def start(self, src: torch.Tensor) -> list:
         return [m.start(src) for m in self.models]
 
