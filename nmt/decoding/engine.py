@@ -20,6 +20,8 @@ from nmt.decoding.search import Guide, Hypothesis, search
 from nmt.models.base import EncoderDecoder
 from nmt.utils.device import Precision, autocast
 
+SCORE_TOKENS = 256
+
 
 class TorchEngine:
     def __init__(
@@ -77,7 +79,11 @@ class TorchEngine:
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
         sizes = [max(len(ids[i]), len(refs[i])) + 1 for i in order]
         results: list[ReferenceScore | None] = [None] * len(ids)
-        for batch in batches_by_size(order, sizes, decode.batch_tokens, decode.batch_size):
+        # A batch's pass holds (sentences x target length x vocabulary) floats: at most
+        # SCORE_TOKENS target positions a batch keep that near 8 MiB for an 8k vocabulary, so
+        # scoring raises no peak that decoding has not.
+        tokens = min(decode.batch_tokens, SCORE_TOKENS)
+        for batch in batches_by_size(order, sizes, tokens, decode.batch_size):
             src = pad_sequences([torch.tensor(ids[i]) for i in batch], None, EOS)
             targets = [refs[i] + [EOS] for i in batch]
             tgt = pad_sequences([torch.tensor(t) for t in targets], BOS, None)

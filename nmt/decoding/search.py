@@ -94,8 +94,15 @@ def _block_tokens(blocks: torch.Tensor, vocab: int) -> torch.Tensor:
     return tokens.clamp_(max=vocab - 1)
 
 
+# Below this many log-probabilities a step, one `topk` or `max` costs less than the dozen
+# small operations of the two stages (one sentence: 90 against 170 us).
+DIRECT = 1 << 17
+
+
 def best_tokens(lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`lp.max(dim=-1)`: each row's highest value and the first token holding it."""
+    if lp.numel() <= DIRECT:
+        return lp.max(dim=-1)
     rows, vocab = lp.shape
     block = _block_maxima(lp).argmax(dim=-1)  # the first block holding the maximum
     tokens = _block_tokens(block, vocab)  # (R, BLOCK)
@@ -113,6 +120,9 @@ def top_candidates(
     b·V + t, with the same sums."""
     n, K = scores.shape
     vocab = lp.shape[1]
+    if lp.numel() <= DIRECT:
+        full = (scores[:, :, None] + lp.view(n, K, vocab)).view(n, K * vocab)
+        return full.topk(min(k, K * vocab), dim=1)
     blocks_per_row = -(-vocab // BLOCK)
     maxima = (_block_maxima(lp).view(n, K, blocks_per_row) + scores[:, :, None]).view(n, -1)
     k_blocks = min(k, maxima.shape[1])
