@@ -499,35 +499,13 @@ def beam_search(
                     progress[i * K : (i + 1) * K],
                     guide.constraints[sentence],
                 )
-            constrained = guide is not None and bool(guide.constraints[sentence])
             for beam, sc in finishing:
-                if len(done) < width or constrained:
+                if len(done) < width:
                     history = tokens[i * K + beam, 1:].tolist()
                     norm = sc / length_penalty(len(history) + 1, alpha)
                     done.append(Hypothesis(history, sc, norm))
-            if constrained:
-                done.sort(key=lambda h: h.norm_score, reverse=True)
-                del done[width:]
-            if not live or (len(done) >= width and not constrained):
+            if len(done) >= width or not live:
                 continue
-            if constrained and len(done) >= width:
-                # Hypotheses that met the constraints early finish first; the one that meets
-                # them where the model would have put them may still be live. Stop only when
-                # no live hypothesis can end above the K-th finished one (log-probabilities
-                # only fall, so a score over the penalty of its shortest or longest possible
-                # length bounds what it can reach).
-                longest = min(
-                    limits[sentence] + guide.extra_steps(sentence), model.max_output_length
-                )
-                bound = max(
-                    max(
-                        sc / length_penalty(step + 2, alpha),
-                        sc / length_penalty(longest + 1, alpha),
-                    )
-                    for _, _, sc, *_ in live
-                )
-                if bound <= done[-1].norm_score:
-                    continue
             while len(live) < K:  # keep K rows per sentence; dead rows score -inf
                 live.append((*live[0][:2], -math.inf, *live[0][3:]))
             kept.append(i)
