@@ -326,10 +326,13 @@ def test_searches_score_what_teacher_forcing_scores(variant):
     hyps = [h for hs in nbest for h in hs]
     for h, score in zip(hyps, rescore(model, src, rows, hyps)[0]):
         assert h.score == pytest.approx(score, abs=1e-4)
-    for hs, g in zip(nbest, greedy):
+    for hs in nbest:
         assert [h.norm_score for h in hs] == sorted((h.norm_score for h in hs), reverse=True)
         assert len({tuple(h.tokens) for h in hs}) == len(hs)
-        assert hs[0].score >= g.score - 1e-5
+        # Not asserted: beam's best >= greedy's. A beam of 3 may prune the greedy path (these
+        # random weights after the Luong model took JoeyNMT's initialisation: greedy [7, 7, 7]
+        # at -9.609, the beam's best [5, 7, 7] at -9.619); tests/test_model.py checks the
+        # property on the Transformer models where it holds.
     beam1 = beam_search(model, src, DecodeConfig(beam_size=1, max_len_a=1.0, max_len_b=2))
     assert [b[0].tokens for b in beam1] == [g.tokens for g in greedy]
     # A sentence decodes the same alone (no padding) as in the batch.
@@ -507,12 +510,13 @@ def test_train_average_resume_and_translate(tmp_path, small_corpus):
     ("model", "steps"),
     [
         ({"attention": "bahdanau", "d_model": 64}, 300),
-        # On this task Luong's dot score learns in a fraction of the updates its general score
-        # needs (BLEU 98 against 17 after 250-300 updates, both GRU), and a GRU faster than an
-        # LSTM: the test takes the cheapest configuration that must learn.
         ({"attention": "luong", "luong_score": "dot", "d_model": 128}, 250),
+        # The general score learned far slower than the dot score here (BLEU 17 against 98
+        # after 250-300 updates) until the Luong model took JoeyNMT's initialisation
+        # (nmt.models.rnn._initialise): the same budget must do for both.
+        ({"attention": "luong", "luong_score": "general", "d_model": 128}, 250),
     ],
-    ids=["bahdanau", "luong"],
+    ids=["bahdanau", "luong", "luong_general"],
 )
 def test_rnn_learns_toy_task(tmp_path, toy_corpus, toy_prepared, model, steps):
     tree = tiny_recipe(
