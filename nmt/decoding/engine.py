@@ -75,7 +75,8 @@ class TorchEngine:
         self, ids: list[list[int]], refs: list[list[int]], decode: DecodeConfig
     ) -> list[ReferenceScore]:
         """The log-probability of each target (without BOS/EOS; EOS is scored) given its
-        source (without EOS), as the search would score that output."""
+        source (without EOS), from one teacher-forced pass: what the search's steps give for
+        that output, up to float rounding."""
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]), reverse=True)
         sizes = [max(len(ids[i]), len(refs[i])) + 1 for i in order]
         results: list[ReferenceScore | None] = [None] * len(ids)

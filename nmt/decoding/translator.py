@@ -229,10 +229,8 @@ class Translator:
             if ids != h.tokens and h.score != -math.inf and len(ids) <= limit
         ]
         if not odd:
-            out_texts: list[list[str]] = [[] for _ in hyp_lists]
-            for (i, _), text in zip(flat, texts):
-                out_texts[i].append(text)
-            return hyp_lists, out_texts
+            ordered = iter(texts)
+            return hyp_lists, [[next(ordered) for _ in hyps] for hyps in hyp_lists]
         scores = self.engine.score(
             [sources[flat[j][0]] for j in odd], [again[j] for j in odd], decode
         )
