@@ -518,7 +518,10 @@ def export(
         ),
     ],
     out_dir: Annotated[Path, typer.Argument(help="The folder to write.", show_default=False)],
-    to: Annotated[str, typer.Option("--to", help="The format: ctranslate2.", show_default=False)],
+    to: Annotated[
+        str,
+        typer.Option("--to", help="The format: ctranslate2 or huggingface.", show_default=False),
+    ],
     quantization: Annotated[
         str,
         typer.Option(
@@ -528,14 +531,59 @@ def export(
     ] = "none",
     force: Annotated[bool, typer.Option(help="Replace an existing OUT_DIR.")] = False,
 ) -> None:
-    """Export a trained model for CTranslate2, with its SentencePiece models and decoding
-    defaults (needs pip install 'nmt[ctranslate2]'); `nmt translate OUT_DIR` decodes it."""
-    from nmt.export.ctranslate2 import export as export_model
-
+    """Export a trained model: for CTranslate2, with its SentencePiece models and decoding
+    defaults (needs pip install 'nmt[ctranslate2]'; `nmt translate OUT_DIR` decodes it), or as
+    a Hugging Face MarianMT folder (needs pip install 'nmt[hf]'; post-norm Transformers only)."""
     with user_errors():
         with lock.hold_if_run_folder(out_dir.parent, "write an exported model"):
-            folder = export_model(run_dir, out_dir, to, quantization, force)
-        stderr.print(escape(f"exported to {folder}; translate with: nmt translate {folder}"))
+            if to == "huggingface":
+                from nmt.export.huggingface import export_marian
+
+                if quantization != "none":
+                    raise NmtError("--quantization applies to --to ctranslate2 only")
+                folder = export_marian(run_dir, out_dir, force)
+                hint = "load it with transformers' MarianMTModel.from_pretrained"
+            else:
+                from nmt.export.ctranslate2 import export as export_model
+
+                folder = export_model(run_dir, out_dir, to, quantization, force)
+                hint = f"translate with: nmt translate {folder}"
+        stderr.print(escape(f"exported to {folder}; {hint}"))
+
+
+@app.command("import")
+def import_(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="A Hugging Face MarianMT folder (config.json, weights, source.spm, "
+            "target.spm, vocab.json), e.g. an OPUS-MT model.",
+            show_default=False,
+        ),
+    ],
+    run_dir: Annotated[Path, typer.Argument(help="The run folder to write.", show_default=False)],
+    source_format: Annotated[
+        str, typer.Option("--from", help="The format: huggingface.", show_default=False)
+    ],
+    src_lang: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Source language, where tokenizer_config.json does not say it."),
+    ] = None,
+    tgt_lang: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option(help="Target language, where tokenizer_config.json does not say it."),
+    ] = None,
+) -> None:
+    """Import a pretrained model into a run folder that translate, serve, tune, export and a
+    recipe's train.init_from take as a trained run (needs pip install 'nmt[hf]')."""
+    from nmt.export.huggingface import import_marian
+
+    with user_errors():
+        if source_format != "huggingface":
+            raise NmtError(f"unknown import format '{source_format}'; choose from huggingface")
+        with lock.hold_if_run_folder(run_dir.parent, "write an imported model"):
+            folder = import_marian(folder, run_dir, src_lang, tgt_lang)
+        stderr.print(escape(f"imported into {folder}; translate with: nmt translate {folder}"))
 
 
 @app.command()

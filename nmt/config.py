@@ -130,8 +130,9 @@ class ModelConfig:
     """Dropout on attention weights (`transformer`)."""
     activation_dropout: float = 0.0
     """Dropout inside the feed-forward block (`transformer`)."""
-    activation: Literal["relu", "gelu"] = "relu"
-    """Feed-forward activation: `relu` or `gelu` (`transformer`)."""
+    activation: Literal["relu", "gelu", "silu"] = "relu"
+    """Feed-forward activation: `relu`, `gelu` or `silu` (swish, as Marian's models use;
+    `transformer`)."""
     norm: Literal["pre", "post"] = "pre"
     """`pre` or `post` layer norm (`transformer`)."""
     attention: AttentionKind | AttentionSites = "multihead"
@@ -147,6 +148,9 @@ class ModelConfig:
     projection share one matrix)."""
     max_positions: int = 1024
     """Longest sequence, in tokens, the model accepts."""
+    output_bias: bool = False
+    """A fixed, untrained bias added to the output logits (`transformer`): Marian's
+    `final_logits_bias`, set by `nmt import`."""
     rnn_type: Literal["gru", "lstm"] = "gru"
     """`rnn`: `gru` or `lstm` cells."""
     hidden_size: int = 512
@@ -206,6 +210,7 @@ class ModelConfig:
                 "activation",
                 "norm",
                 "luong_scaled",
+                "output_bias",
             ),
             "transformer",
         )

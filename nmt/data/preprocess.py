@@ -153,7 +153,8 @@ def _tokenizers_of_checkpoint(
         )
     joint = bool(state["recipe"]["tokenizer"]["joint"])
     names = {"src": f"spm.{pair[0]}.model", "tgt": f"spm.{pair[1]}.model"}
-    if joint:
+    # An imported Marian model has one vocabulary but a SentencePiece model per side.
+    if joint and state["tokenizers"]["src"] == state["tokenizers"]["tgt"]:
         names = {"src": "spm.model", "tgt": "spm.model"}
     for side in ("src", "tgt"):
         (out / names[side]).write_bytes(state["tokenizers"][side])

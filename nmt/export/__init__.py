@@ -1,2 +1,4 @@
-"""Models out to other runtimes: `nmt export --to ctranslate2` (`ctranslate2`). Decoding an
-exported folder is nmt.decoding.ct2."""
+"""Models to and from other toolkits: `nmt export --to ctranslate2` (`ctranslate2`), and
+Hugging Face MarianMT models in and out, `nmt import --from huggingface` and `nmt export --to
+huggingface` (`huggingface`, with `sentencepiece_proto`). Decoding a CTranslate2 folder is
+nmt.decoding.ct2."""

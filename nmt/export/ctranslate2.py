@@ -8,14 +8,15 @@ the model accepts. `nmt translate OUT_DIR` decodes such a folder with CTranslate
 Our weights in CTranslate2's TransformerSpec (built through its Python model-spec API):
 
     src_embed / tgt_embed              encoder.embeddings[0] / decoder.embeddings (scaled by √d)
-    output_projection (tied)           decoder.projection (no bias; stored once, as an alias)
+    output_projection (tied)           decoder.projection (stored once, as an alias)
+    output_bias (when the model has it) decoder.projection.bias
     sinusoidal_positions(...)          encoder/decoder.position_encodings.encodings, written out:
                                        ours interleave sin and cos, CTranslate2's built-in table
                                        puts all sines first
     layer i, self_attn.in_proj         self_attention.linear[0] (Q, K, V stacked, as ours)
     layer i, cross_attn.q_proj/kv_proj attention.linear[0] / attention.linear[1] (K, V stacked)
     layer i, *.out_proj                *.linear[-1]
-    layer i, ff.fc1 / ff.fc2           ffn.linear_0 / ffn.linear_1 (relu or exact gelu)
+    layer i, ff.fc1 / ff.fc2           ffn.linear_0 / ffn.linear_1 (relu, exact gelu or swish)
     attn_block / self_block.norm       self_attention.layer_norm
     cross_block.norm / ff_block.norm   attention.layer_norm / ffn.layer_norm
     encoder_norm / decoder_norm        encoder.layer_norm / decoder.layer_norm (pre-norm only)
@@ -148,7 +149,11 @@ def transformer_spec(model: Any, src_tok: Any, tgt_tok: Any) -> Any:
 
     cfg = model.cfg
     pre_norm = cfg.norm == "pre"
-    activation = {"relu": common_spec.Activation.RELU, "gelu": common_spec.Activation.GELU}
+    activation = {
+        "relu": common_spec.Activation.RELU,
+        "gelu": common_spec.Activation.GELU,
+        "silu": common_spec.Activation.SWISH,
+    }
     spec = transformer_spec.TransformerSpec.from_config(
         (cfg.encoder_layers, cfg.decoder_layers),
         cfg.heads,
@@ -162,6 +167,8 @@ def transformer_spec(model: Any, src_tok: Any, tgt_tok: Any) -> Any:
     encoder.embeddings[0].weight = _array(model.src_embed.weight)
     decoder.embeddings.weight = _array(model.tgt_embed.weight)
     decoder.projection.weight = _array(model.output_projection.weight)
+    if cfg.output_bias:
+        decoder.projection.bias = _array(model.output_bias)
     encoder.position_encodings.encodings = positions
     decoder.position_encodings.encodings = positions
     if pre_norm:

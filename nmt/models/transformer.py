@@ -4,10 +4,11 @@
                                                     PE(pos, 2i+1) = cos(pos / 10000^(2i/d_model))
     pre-norm layer:  x = x + Dropout(Sublayer(LayerNorm(x)))   (a final LayerNorm ends each stack)
     post-norm layer: x = LayerNorm(x + Dropout(Sublayer(x)))
-    FFN(x) = W₂ · Dropout(act(W₁ x + b₁)) + b₂
+    FFN(x) = W₂ · Dropout(act(W₁ x + b₁)) + b₂        act: relu, gelu or silu
 
 The decoder's output projection is its input embedding (tied); with a joint vocabulary and
-`share_all_embeddings` the encoder shares that matrix too.
+`share_all_embeddings` the encoder shares that matrix too. `output_bias` adds a fixed vector
+to the logits (an imported Marian model's final_logits_bias).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.fc1 = nn.Linear(cfg.d_model, cfg.ff_dim)
         self.fc2 = nn.Linear(cfg.ff_dim, cfg.d_model)
-        self.activation = F.relu if cfg.activation == "relu" else F.gelu
+        self.activation = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}[cfg.activation]
         self.dropout = Dropout(cfg.activation_dropout)
         for fc in (self.fc1, self.fc2):
             nn.init.xavier_uniform_(fc.weight)
@@ -177,6 +178,8 @@ class Transformer(EncoderDecoder):
             nn.Linear, cfg.d_model, tgt_vocab, bias=False
         )
         self.output_projection.weight = self.tgt_embed.weight
+        if cfg.output_bias:  # a buffer: fixed, as Marian's final_logits_bias is in transformers
+            self.register_buffer("output_bias", torch.zeros(tgt_vocab))
         self.register_buffer(
             "positions", sinusoidal_positions(cfg.max_positions, cfg.d_model), persistent=False
         )
@@ -248,6 +251,8 @@ class Transformer(EncoderDecoder):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """Decoder states -> vocabulary logits."""
+        if self.cfg.output_bias:
+            return self.output_projection(x) + self.output_bias
         return self.output_projection(x)
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
