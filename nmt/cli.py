@@ -574,8 +574,8 @@ def import_(
         typer.Option(help="Target language, where tokenizer_config.json does not say it."),
     ] = None,
 ) -> None:
-    """Import a pretrained model into a run folder that translate, serve, tune, export and a
-    recipe's train.init_from take as a trained run (needs pip install 'nmt[hf]')."""
+    """Import a pretrained model into a run folder that translate, serve, export and a recipe's
+    train.init_from take as a trained run (needs pip install 'nmt[hf]')."""
     from nmt.export.huggingface import import_marian
 
     with user_errors():

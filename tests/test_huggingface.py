@@ -401,11 +401,15 @@ def test_import_refuses_an_existing_run_folder(marian, imported, tmp_path):
     )
 
 
-def test_import_and_export_through_the_command_line(marian, tmp_path, trained_run):
-    result = nmt("import", marian, tmp_path / "run", "--from", "huggingface")
+def test_import_and_export_through_the_command_line(marian, tmp_path, trained_run, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = nmt("import", marian, "runs/run", "--from", "huggingface")  # makes runs/ too
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "run" / "best.pt").is_file()
-    result = nmt("export", tmp_path / "run", tmp_path / "hf", "--to", "huggingface")
+    assert (tmp_path / "runs" / "run" / "best.pt").is_file()
+    # The run folder's recipe names the run folder itself, wherever it is read from.
+    recipe = config.load(tmp_path / "runs" / "run" / "recipe.yaml")
+    assert Path(recipe.run_dir) == tmp_path / "runs" / "run"
+    result = nmt("export", "runs/run", tmp_path / "hf", "--to", "huggingface")
     assert result.exit_code == 0, result.output
     assert MarianMTModel.from_pretrained(tmp_path / "hf").config.d_model == 32
     # A pre-norm model has no MarianMT equivalent: said in one line, nothing written.

@@ -75,8 +75,8 @@ def import_marian(
     tgt_lang: str | None = None,
 ) -> Path:
     """Write a run folder (recipe.yaml, best.pt, imported.json) holding the MarianMT model of
-    `folder`; `nmt translate`, `nmt serve`, `nmt tune`, `nmt export` and a recipe's
-    train.init_from take it as they take a trained run. Everything is read and checked before
+    `folder`; `nmt translate`, `nmt serve`, `nmt export` and a recipe's train.init_from take it
+    as they take a trained run (`nmt tune` needs the validation data of a fine-tuned run). Everything is read and checked before
     anything is written, and the folder is built beside `run_dir` and renamed into place."""
     folder, run_dir = Path(folder), Path(run_dir)
     if not folder.is_dir():
@@ -91,7 +91,7 @@ def import_marian(
     recipe = config.from_dict(
         {
             "name": f"imported-{folder.name}",
-            "run_dir": str(run_dir),
+            "run_dir": str(run_dir.resolve()),
             "data": {
                 "src_lang": languages[0],
                 "tgt_lang": languages[1],
@@ -105,7 +105,7 @@ def import_marian(
         }
     )
     state["recipe"] = config.to_dict(recipe)
-    recipe, model, _, _ = load_model(state, folder)  # the run as nmt will read it back
+    recipe = load_model(state, folder)[0]  # the run as nmt will read it back
     building = run_dir.parent / f".{run_dir.name}.partial"
     shutil.rmtree(building, ignore_errors=True)
     try:
