@@ -189,6 +189,18 @@ def _generate(folder: Path, lines: list[str], beams: int) -> tuple[list[list[str
     return pieces, scores, tok.batch_decode(out, skip_special_tokens=True)
 
 
+def _reference_scores(folder: Path, src: list[str], tgt: list[str]) -> list[tuple[float, int]]:
+    """transformers' log-probability of each reference (EOS included) and its token count."""
+    model = MarianMTModel.from_pretrained(folder).eval()
+    tok = MarianTokenizer.from_pretrained(folder)
+    batch = tok(src, text_target=tgt, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        logits = model(**batch).logits
+    picked = torch.log_softmax(logits, -1).gather(-1, batch["labels"][..., None])[..., 0]
+    lengths = batch["labels"].ne(tok.pad_token_id).sum(1).tolist()
+    return [(float(picked[i, :n].sum()), n) for i, n in enumerate(lengths)]
+
+
 def _translate(
     run: Path, lines: list[str], beams: int
 ) -> tuple[list[list[str]], list[float], list[str]]:
@@ -222,17 +234,10 @@ def test_imported_model_translates_as_transformers(imported, marian, small_corpu
 def test_imported_log_probabilities_equal_transformers(imported, marian, small_corpus):
     src = list(files.read_lines(small_corpus / "test.en"))[:8]
     tgt = list(files.read_lines(small_corpus / "test.de"))[:8]
-    model = MarianMTModel.from_pretrained(marian).eval()
-    tok = MarianTokenizer.from_pretrained(marian)
-    batch = tok(src, text_target=tgt, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        logits = model(**batch).logits
-    theirs = torch.log_softmax(logits, -1).gather(-1, batch["labels"][..., None])[..., 0]
-    translator = Translator.load(imported)
-    for i, score in enumerate(translator.score_references(src, tgt)):
-        n = int(batch["labels"][i].ne(tok.pad_token_id).sum())
+    ours = Translator.load(imported).score_references(src, tgt)
+    for score, (theirs, n) in zip(ours, _reference_scores(marian, src, tgt)):
         assert score.tokens == n
-        assert abs(score.score - float(theirs[i, :n].sum())) < 1e-4 * n
+        assert abs(score.score - theirs) < 1e-4 * n
 
 
 def test_imported_run_is_a_run_folder(imported, marian):
@@ -280,15 +285,9 @@ def test_exported_from_scratch_model_scores_as_in_transformers(small_corpus, tmp
     out = export_marian(tmp_path / "run", tmp_path / "hf")
     src = list(files.read_lines(small_corpus / "test.en"))[:6]
     tgt = list(files.read_lines(small_corpus / "test.de"))[:6]
-    model = MarianMTModel.from_pretrained(out).eval()
-    tok = MarianTokenizer.from_pretrained(out)
-    batch = tok(src, text_target=tgt, return_tensors="pt", padding=True)
-    with torch.no_grad():
-        logits = model(**batch).logits
-    theirs = torch.log_softmax(logits, -1).gather(-1, batch["labels"][..., None])[..., 0]
-    for i, score in enumerate(Translator.load(tmp_path / "run").score_references(src, tgt)):
-        n = int(batch["labels"][i].ne(tok.pad_token_id).sum())
-        assert abs(score.score - float(theirs[i, :n].sum())) < 1e-4 * n
+    ours = Translator.load(tmp_path / "run").score_references(src, tgt)
+    for score, (theirs, n) in zip(ours, _reference_scores(out, src, tgt)):
+        assert abs(score.score - theirs) < 1e-4 * n
 
 
 def _fine_tune(imported: Path, corpus: Path, run_dir: Path, steps: int) -> Path:

@@ -34,11 +34,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from nmt import checkpoint, config
+from nmt import config
 from nmt.data.tokenizer import BOS, EOS, UNK
 from nmt.decoding.ct2 import EXPORT_FILE, FORMATS, is_export, require_ctranslate2
 from nmt.errors import NmtError
-from nmt.models.builder import load_model
+from nmt.export.source import check_output, load_source
 from nmt.utils.files import atomic_write
 
 SOURCE_SPM, TARGET_SPM = "source.spm", "target.spm"
@@ -70,25 +70,10 @@ def export(
             f"unknown quantization '{quantization}'; choose from {', '.join(QUANTIZATIONS)}"
         )
     out_dir = Path(out_dir)
-    empty_folder = out_dir.is_dir() and not any(out_dir.iterdir())
-    if out_dir.exists() and not empty_folder:
-        if not is_export(out_dir):
-            raise NmtError(
-                f"{out_dir} exists and was not written by nmt export; export into a new or "
-                "empty folder"
-            )
-        if not force:
-            raise NmtError(f"{out_dir} holds an exported model; use --force to replace it")
-    if not out_dir.parent.is_dir():
-        raise NmtError(f"output folder does not exist: {out_dir.parent}")
+    check_output(out_dir, out_dir.is_dir() and is_export(out_dir), force)
     require_ctranslate2()
-    source = checkpoint.resolve(path)
-    state = checkpoint.load(source)
-    recipe, model, src_tok, tgt_tok = load_model(state, source)
+    source, state, recipe, model, src_tok, tgt_tok, decode = load_source(path)
     check_exportable(model)
-    decode = recipe.decode
-    if Path(path).is_dir() and (Path(path) / "recipe.yaml").is_file():
-        decode = config.read_decode(Path(path) / "recipe.yaml")  # where `nmt tune` writes
     spec = transformer_spec(model, src_tok, tgt_tok)
     spec.validate()
     spec.optimize(quantization=None if quantization == "none" else quantization)

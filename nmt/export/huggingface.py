@@ -41,6 +41,7 @@ from nmt import checkpoint, config
 from nmt.data.tokenizer import BOS, EOS, PAD, UNK, Tokenizer
 from nmt.errors import NmtError
 from nmt.export import sentencepiece_proto
+from nmt.export.source import check_output, load_source
 from nmt.models.builder import build_model, load_model
 from nmt.utils.files import atomic_write
 
@@ -494,22 +495,9 @@ def export_marian(path: str | Path, out_dir: str | Path, force: bool = False) ->
     `transformers.MarianMTModel.from_pretrained` and `MarianTokenizer.from_pretrained` load."""
     st = require_safetensors()
     out_dir = Path(out_dir)
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        if not (out_dir / "config.json").is_file() or not (out_dir / "nmt_export.json").is_file():
-            raise NmtError(
-                f"{out_dir} exists and was not written by nmt export; export into a "
-                "new or empty folder"
-            )
-        if not force:
-            raise NmtError(f"{out_dir} holds an exported model; use --force to replace it")
-    if not out_dir.parent.is_dir():
-        raise NmtError(f"output folder does not exist: {out_dir.parent}")
-    source = checkpoint.resolve(path)
-    state = checkpoint.load(source)
-    recipe, model, src_tok, tgt_tok = load_model(state, source)
-    decode = recipe.decode
-    if Path(path).is_dir() and (Path(path) / "recipe.yaml").is_file():
-        decode = config.read_decode(Path(path) / "recipe.yaml")
+    ours = (out_dir / "config.json").is_file() and (out_dir / "nmt_export.json").is_file()
+    check_output(out_dir, ours, force)
+    source, state, recipe, model, src_tok, tgt_tok, decode = load_source(path)
     hf, weights = marian_weights(recipe.model, model, state["model_args"])
     if src_tok.id_pieces(range(len(src_tok))) != tgt_tok.id_pieces(range(len(tgt_tok))):
         raise NmtError(
