@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from nmt.data.tokenizer import BOS, EOS, UNK
 from nmt.decoding.ct2 import EXPORT_FILE, FORMATS, is_export, require_ctranslate2
 from nmt.errors import NmtError
 from nmt.export.source import check_output, load_source
-from nmt.utils.files import atomic_write
+from nmt.utils.files import atomic_folder, atomic_write
 
 SOURCE_SPM, TARGET_SPM = "source.spm", "target.spm"
 QUANTIZATIONS = (
@@ -77,34 +76,24 @@ def export(
     spec = transformer_spec(model, src_tok, tgt_tok)
     spec.validate()
     spec.optimize(quantization=None if quantization == "none" else quantization)
-    building = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(building, ignore_errors=True)
-    try:
-        building.mkdir()
+    metadata = {
+        "format": to,
+        "source_lang": recipe.data.src_lang,
+        "target_lang": recipe.data.tgt_lang,
+        "source_tokenizer": SOURCE_SPM,
+        "target_tokenizer": TARGET_SPM,
+        "max_positions": recipe.model.max_positions,
+        "quantization": quantization,
+        "decode": dataclasses.asdict(decode),
+        "checkpoint": str(source.resolve()),
+        "step": state.get("step", 0),
+    }
+    with atomic_folder(out_dir) as building:
         spec.save(str(building))
         (building / SOURCE_SPM).write_bytes(src_tok.proto)
         (building / TARGET_SPM).write_bytes(tgt_tok.proto)
-        metadata = {
-            "format": to,
-            "source_lang": recipe.data.src_lang,
-            "target_lang": recipe.data.tgt_lang,
-            "source_tokenizer": SOURCE_SPM,
-            "target_tokenizer": TARGET_SPM,
-            "max_positions": recipe.model.max_positions,
-            "quantization": quantization,
-            "decode": dataclasses.asdict(decode),
-            "checkpoint": str(source.resolve()),
-            "step": state.get("step", 0),
-        }
         with atomic_write(building / EXPORT_FILE) as f:
             f.write(json.dumps(metadata, indent=2) + "\n")
-        if out_dir.is_dir():
-            shutil.rmtree(out_dir)
-        building.rename(out_dir)
-    except OSError as e:
-        raise NmtError(f"cannot write {out_dir}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     return out_dir
 
 

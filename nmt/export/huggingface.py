@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +42,7 @@ from nmt.errors import NmtError
 from nmt.export import sentencepiece_proto
 from nmt.export.source import check_output, load_source
 from nmt.models.builder import build_model, load_model
-from nmt.utils.files import atomic_write
+from nmt.utils.files import atomic_folder, atomic_write
 
 IMPORT_FILE = "imported.json"  # in a run folder `nmt import` wrote: where the model came from
 EXCLUDED = -100.0  # the output bias of rows that are never an output (our PAD, copies of UNK)
@@ -107,31 +106,18 @@ def import_marian(
     )
     state["recipe"] = config.to_dict(recipe)
     recipe = load_model(state, folder)[0]  # the run as nmt will read it back
-    building = run_dir.parent / f".{run_dir.name}.partial"
-    shutil.rmtree(building, ignore_errors=True)
-    try:
-        building.mkdir(parents=True)  # the parent too, as `nmt train` makes its run folder
+    origin = {
+        "from": str(folder.resolve()),
+        "format": "huggingface-marian",
+        "architectures": hf.get("architectures"),
+    }
+    if run_dir.is_dir():
+        run_dir.rmdir()  # empty (checked above); replaced by the folder built beside it
+    with atomic_folder(run_dir) as building:
         checkpoint.save(state, building / "best.pt")
         config.dump(recipe, building / "recipe.yaml")
         with atomic_write(building / IMPORT_FILE) as f:
-            f.write(
-                json.dumps(
-                    {
-                        "from": str(folder.resolve()),
-                        "format": "huggingface-marian",
-                        "architectures": hf.get("architectures"),
-                    },
-                    indent=2,
-                )
-                + "\n"
-            )
-        if run_dir.is_dir():
-            run_dir.rmdir()
-        building.rename(run_dir)
-    except OSError as e:
-        raise NmtError(f"cannot write {run_dir}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
+            f.write(json.dumps(origin, indent=2) + "\n")
     return run_dir
 
 
@@ -524,36 +510,22 @@ def export_marian(path: str | Path, out_dir: str | Path, force: bool = False) ->
         "model_max_length": recipe.model.max_positions - 1,
         "separate_vocabs": False,
     }
-    building = out_dir.parent / f".{out_dir.name}.partial"
-    shutil.rmtree(building, ignore_errors=True)
-    try:
-        building.mkdir()
+    step = state.get("step", 0)
+    origin = {"format": "huggingface", "checkpoint": str(source.resolve()), "step": step}
+    files = {
+        "config.json": hf,
+        "generation_config.json": generation,
+        "vocab.json": vocab,
+        "tokenizer_config.json": tokenizer_config,
+        "nmt_export.json": origin,
+    }
+    with atomic_folder(out_dir) as building:
         st.save_file(weights, building / "model.safetensors", metadata={"format": "pt"})
-        for name, tree in (
-            ("config.json", hf),
-            ("generation_config.json", generation),
-            ("vocab.json", vocab),
-            ("tokenizer_config.json", tokenizer_config),
-            (
-                "nmt_export.json",
-                {
-                    "format": "huggingface",
-                    "checkpoint": str(source.resolve()),
-                    "step": state.get("step", 0),
-                },
-            ),
-        ):
+        for name, tree in files.items():
             with atomic_write(building / name) as f:
                 f.write(json.dumps(tree, indent=2, ensure_ascii=False) + "\n")
         (building / "source.spm").write_bytes(src_tok.proto)
         (building / "target.spm").write_bytes(tgt_tok.proto)
-        if out_dir.is_dir():
-            shutil.rmtree(out_dir)
-        building.rename(out_dir)
-    except OSError as e:
-        raise NmtError(f"cannot write {out_dir}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
     return out_dir
 
 

@@ -2,13 +2,15 @@
 
 `read_lines` names the file (or stream) and line of any byte that is not UTF-8; `atomic_write`
 writes to a temporary file beside the target, flushes it to disk and renames it into place, so
-the previous version survives a crash, a full disk or Ctrl-C.
+the previous version survives a crash, a full disk or Ctrl-C; `atomic_folder` does the same for
+a folder of files (an exported or imported model).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -71,6 +73,25 @@ def atomic_write(path: Path, mode: str = "w") -> Iterator[IO]:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """A new folder beside `path` to fill; when the block completes it replaces `path` (and its
+    parent folders are made), on any failure it is removed and `path` is left as it was. An
+    OSError becomes one NmtError naming `path`."""
+    building = path.parent / f".{path.name}.partial"
+    try:
+        shutil.rmtree(building, ignore_errors=True)
+        building.mkdir(parents=True)
+        yield building
+        if path.is_dir():
+            shutil.rmtree(path)
+        building.rename(path)
+    except OSError as e:
+        raise NmtError(f"cannot write {path}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
 
 
 def write_lines(path: Path, lines: Iterable[str]) -> None:
