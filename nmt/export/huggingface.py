@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -233,6 +234,25 @@ def _hidden_order(d_model: int) -> torch.Tensor:
     return order
 
 
+def _sublayers(cfg: config.ModelConfig) -> Iterator[tuple[str, str, str]]:
+    """(kind, our name, Marian's name without "model.") of every sublayer, the one table both
+    directions follow; kind: self_attention, cross_attention, norm or feed_forward."""
+    for i in range(cfg.encoder_layers):
+        ours, theirs = f"encoder_layers.{i}", f"encoder.layers.{i}"
+        yield "self_attention", f"{ours}.self_attn", f"{theirs}.self_attn"
+        yield "norm", f"{ours}.attn_block.norm", f"{theirs}.self_attn_layer_norm"
+        yield "feed_forward", f"{ours}.ff", theirs
+        yield "norm", f"{ours}.ff_block.norm", f"{theirs}.final_layer_norm"
+    for i in range(cfg.decoder_layers):
+        ours, theirs = f"decoder_layers.{i}", f"decoder.layers.{i}"
+        yield "self_attention", f"{ours}.self_attn", f"{theirs}.self_attn"
+        yield "norm", f"{ours}.self_block.norm", f"{theirs}.self_attn_layer_norm"
+        yield "cross_attention", f"{ours}.cross_attn", f"{theirs}.encoder_attn"
+        yield "norm", f"{ours}.cross_block.norm", f"{theirs}.encoder_attn_layer_norm"
+        yield "feed_forward", f"{ours}.ff", theirs
+        yield "norm", f"{ours}.ff_block.norm", f"{theirs}.final_layer_norm"
+
+
 def _model_config(hf: dict, folder: Path) -> config.ModelConfig:
     for key in _OTHER_LAYOUTS:
         if hf.get(key):
@@ -358,20 +378,13 @@ def convert_marian(
         ours[f"{ours_name}.fc2.weight"] = take(f"{hf_name}.fc2.weight")[hidden]
         ours[f"{ours_name}.fc2.bias"] = take(f"{hf_name}.fc2.bias")[hidden]
 
-    for i in range(cfg.encoder_layers):
-        ours_name, hf_name = f"encoder_layers.{i}", f"encoder.layers.{i}"
-        attention(f"{ours_name}.self_attn", f"{hf_name}.self_attn", cross=False)
-        norm(f"{ours_name}.attn_block.norm", f"{hf_name}.self_attn_layer_norm")
-        feed_forward(f"{ours_name}.ff", hf_name)
-        norm(f"{ours_name}.ff_block.norm", f"{hf_name}.final_layer_norm")
-    for i in range(cfg.decoder_layers):
-        ours_name, hf_name = f"decoder_layers.{i}", f"decoder.layers.{i}"
-        attention(f"{ours_name}.self_attn", f"{hf_name}.self_attn", cross=False)
-        norm(f"{ours_name}.self_block.norm", f"{hf_name}.self_attn_layer_norm")
-        attention(f"{ours_name}.cross_attn", f"{hf_name}.encoder_attn", cross=True)
-        norm(f"{ours_name}.cross_block.norm", f"{hf_name}.encoder_attn_layer_norm")
-        feed_forward(f"{ours_name}.ff", hf_name)
-        norm(f"{ours_name}.ff_block.norm", f"{hf_name}.final_layer_norm")
+    for kind, ours_name, hf_name in _sublayers(cfg):
+        if kind == "norm":
+            norm(ours_name, hf_name)
+        elif kind == "feed_forward":
+            feed_forward(ours_name, hf_name)
+        else:
+            attention(ours_name, hf_name, cross=kind == "cross_attention")
     unknown = sorted(set(weights) - used)
     if unknown:
         raise NmtError(
@@ -580,20 +593,13 @@ def marian_weights(
         out[f"model.{hf_name}.fc2.weight"] = writes(f"{ours_name}.fc2.weight")
         out[f"model.{hf_name}.fc2.bias"] = writes(f"{ours_name}.fc2.bias")
 
-    for i in range(cfg.encoder_layers):
-        hf_name, ours_name = f"encoder.layers.{i}", f"encoder_layers.{i}"
-        attention(f"{hf_name}.self_attn", f"{ours_name}.self_attn", cross=False)
-        norm(f"{hf_name}.self_attn_layer_norm", f"{ours_name}.attn_block.norm")
-        feed_forward(hf_name, f"{ours_name}.ff")
-        norm(f"{hf_name}.final_layer_norm", f"{ours_name}.ff_block.norm")
-    for i in range(cfg.decoder_layers):
-        hf_name, ours_name = f"decoder.layers.{i}", f"decoder_layers.{i}"
-        attention(f"{hf_name}.self_attn", f"{ours_name}.self_attn", cross=False)
-        norm(f"{hf_name}.self_attn_layer_norm", f"{ours_name}.self_block.norm")
-        attention(f"{hf_name}.encoder_attn", f"{ours_name}.cross_attn", cross=True)
-        norm(f"{hf_name}.encoder_attn_layer_norm", f"{ours_name}.cross_block.norm")
-        feed_forward(hf_name, f"{ours_name}.ff")
-        norm(f"{hf_name}.final_layer_norm", f"{ours_name}.ff_block.norm")
+    for kind, ours_name, hf_name in _sublayers(cfg):
+        if kind == "norm":
+            norm(hf_name, ours_name)
+        elif kind == "feed_forward":
+            feed_forward(hf_name, ours_name)
+        else:
+            attention(hf_name, ours_name, cross=kind == "cross_attention")
     vocab = args["tgt_vocab"]
     out["model.shared.weight"] = sd["tgt_embed.weight"][:, back].contiguous()
     bias = sd.get("output_bias", torch.zeros(vocab))
