@@ -95,6 +95,10 @@ def test_bad_lines_and_nbest_are_one_clear_error(trained_run):
         translator.translate("The dog laughed.")  # would translate each character
     with pytest.raises(api.NmtError, match="input, line 2: expected a string, got NoneType"):
         translator.translate(["The dog laughed.", None])
+    # JSON's "\ud800" escape reaches Python as a lone surrogate, which SentencePiece refused
+    # with a TypeError.
+    with pytest.raises(api.NmtError, match="line 1: holds a lone surrogate \\(U\\+D800\\)"):
+        translator.translate(["A horse \ud800 found a table."])
     for nbest in (0, -1, 2.5, True):
         with pytest.raises(api.NmtError, match="nbest must be a whole number of at least 1"):
             translator.translate_nbest(["The dog laughed."], nbest=nbest)

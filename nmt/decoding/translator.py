@@ -356,13 +356,29 @@ class Translator:
 
 
 def _check_lines(lines: object, first_line: int, where: str = "input") -> None:
-    """Lines are a list of strings: one string alone would be translated character by
-    character, and anything else fails deep inside SentencePiece."""
+    """Lines are a list of strings of Unicode text: one string alone would be translated
+    character by character, and anything else (a lone UTF-16 surrogate, which JSON's \\ud800
+    escapes can carry, included) fails deep inside SentencePiece."""
     if isinstance(lines, (str, bytes)):
         raise NmtError(f"{where}: expected a list of lines, got one string; wrap it in a list")
     for number, line in enumerate(lines, start=first_line):  # type: ignore[arg-type]
         if not isinstance(line, str):
             raise NmtError(f"{where}, line {number}: expected a string, got {type(line).__name__}")
+        surrogate = lone_surrogate(line)
+        if surrogate is not None:
+            raise NmtError(
+                f"{where}, line {number}: holds a lone surrogate (U+{ord(surrogate):04X}), "
+                "which is not Unicode text; send valid UTF-8 or a surrogate pair"
+            )
+
+
+def lone_surrogate(text: str) -> str | None:
+    """The first code point of `text` in U+D800..U+DFFF (one that UTF-8 cannot encode), if any."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return text[e.start]
+    return None
 
 
 def reference_scores(

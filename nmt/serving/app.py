@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import logging
 import math
 import socket
@@ -29,7 +30,7 @@ from typing import Any
 from nmt import __version__, config
 from nmt.data.tokenizer import Tokenizer
 from nmt.decoding.records import Translation
-from nmt.decoding.translator import Translator
+from nmt.decoding.translator import Translator, lone_surrogate
 from nmt.errors import NmtError
 from nmt.serving.batcher import Batcher, Batching, Options, decode_with
 
@@ -149,6 +150,7 @@ class TranslateRequest(BaseModel):
         None,
         ge=0,
         le=MAX_LENGTH_PENALTY,
+        allow_inf_nan=False,
         description="GNMT length penalty alpha (0: none) [default: the model's].",
     )
     scores: bool = Field(False, description="Add nbest: each translation with its scores.")
@@ -235,7 +237,9 @@ class RequestError(Exception):
 
 class BodyLimit:
     """ASGI middleware: reads each request's body before the app does and refuses one over
-    `max_bytes` with 413. An oversized body is still read to its end (and dropped), so the
+    `max_bytes` with 413, and a JSON body that is not UTF-8, nests too deeply or holds a number
+    too long to convert with 422 naming the problem (FastAPI would answer 400 "There was an
+    error parsing the body"). An oversized body is still read to its end (and dropped), so the
     client reads the answer instead of a reset connection."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
@@ -266,6 +270,10 @@ class BodyLimit:
             await error.response()(scope, receive, send)
             return
         body, replayed = b"".join(chunks), False
+        problem = _json_problem(body) if _is_json(scope) else None
+        if problem is not None:
+            await RequestError(422, problem).response()(scope, receive, send)
+            return
 
         async def replay() -> dict:
             nonlocal replayed
@@ -275,6 +283,35 @@ class BodyLimit:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+def _is_json(scope: dict) -> bool:
+    for name, value in scope.get("headers", []):
+        if name.lower() == b"content-type":
+            return value.split(b";")[0].strip().lower() == b"application/json"
+    return False
+
+
+def _json_problem(body: bytes) -> str | None:
+    """What makes a JSON body unreadable beyond a syntax error (which FastAPI names itself)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return (
+            f"the body is not UTF-8 (byte {e.start + 1} is 0x{body[e.start]:02x}); "
+            "send JSON encoded as UTF-8"
+        )
+    try:
+        json.loads(text)
+    except RecursionError:
+        return "the body nests JSON arrays or objects too deeply"
+    except json.JSONDecodeError:
+        return None
+    except ValueError as e:  # Python's limit on the digits of an integer it converts
+        if "digits" in str(e):
+            return "a number in the body has too many digits"
+        return f"the body is not valid JSON ({str(e).splitlines()[0][:100]})"
+    return None
 
 
 class Service:
@@ -364,6 +401,13 @@ class Service:
                 limits.max_lines,
             )
         for i, line in enumerate(request.text):
+            surrogate = lone_surrogate(line)
+            if surrogate is not None:
+                raise RequestError(
+                    422,
+                    f"text[{i}] holds a lone surrogate (U+{ord(surrogate):04X}), which is not "
+                    "Unicode text; send valid UTF-8 or a surrogate pair",
+                )
             if len(line) > limits.max_line_chars:
                 raise RequestError(
                     413,
@@ -375,9 +419,10 @@ class Service:
         for name in ("beam_size", "nbest"):
             value = getattr(request, name)
             if value is not None and value > limits.max_beam_size:
+                shown = f"{name} {value}" if value < 10**9 else name  # no echo of 400 digits
                 raise RequestError(
                     422,
-                    f"{name} {value} is over the limit (max_beam_size) of {limits.max_beam_size}",
+                    f"{shown} is over the limit (max_beam_size) of {limits.max_beam_size}",
                     "max_beam_size",
                     limits.max_beam_size,
                 )
