@@ -306,13 +306,16 @@ def test_stopping_answers_the_requests_in_flight(trained_run, sources, offline, 
         proc.send_signal(sig)
         for t in threads:
             t.join(timeout=TIMEOUT)
-        assert proc.wait(timeout=TIMEOUT) in (0, -sig, 128 + sig), log.read_text()
+        # A stop asked for is a clean exit, whichever signal asked (SIGTERM gave 143).
+        assert proc.wait(timeout=TIMEOUT) == 0, log.read_text()
     finally:
         stop_server(proc)
     wanted = {s: best[0].text for s, best in zip(sources, offline(sources))}
     for request, answer in zip(requests, answers):
         assert answer is not None and answer.status_code == 200, answer
         assert answer.json()["translations"] == [wanted[s] for s in request]
+        # Answered during the shutdown: the client must not reuse the connection.
+        assert answer.headers.get("connection") == "close", answer.headers
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{url}/health", timeout=5)
 

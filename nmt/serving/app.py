@@ -19,8 +19,10 @@ import dataclasses
 import json
 import logging
 import math
+import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -285,6 +287,31 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
 
+class CloseWhenStopping:
+    """ASGI middleware: once the server is stopping, every answer carries Connection: close,
+    so that a client sends its next request on a new connection (to another server) instead of
+    on one about to close. uvicorn's h11 server closes such connections after the answer without
+    saying so, and clients that reused them got resets."""
+
+    def __init__(self, app: Any, service: Service) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_closing(message: dict) -> None:
+            if message["type"] == "http.response.start" and self.service.stopping:
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"
+                ]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, send_closing)
+
+
 def _is_json(scope: dict) -> bool:
     for name, value in scope.get("headers", []):
         if name.lower() == b"content-type":
@@ -329,6 +356,10 @@ class Service:
             for m in models
         }
         self.in_flight = 0
+        self.stopping = False  # set on SIGTERM / SIGINT: answers from then on close
+
+    def stop(self) -> None:
+        self.stopping = True
 
     def health(self) -> dict[str, Any]:
         return {
@@ -499,6 +530,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(CloseWhenStopping, service=service)
+    app.state.service = service
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, error: RequestError) -> JSONResponse:
@@ -548,6 +581,34 @@ def create_app(
     return app
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, but a stop asked for with SIGTERM or SIGINT ends it with exit status 0
+    once the requests in flight are answered: uvicorn raises the signal again after its
+    graceful shutdown (status 143, or a KeyboardInterrupt), which a service manager reads as a
+    crash. `on_stop` is told first, so that the answers still to come say Connection: close."""
+
+    def __init__(self, config: uvicorn.Config, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_stop = on_stop
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        self.on_stop()
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach the main thread only
+            return
+        stops = (signal.SIGINT, signal.SIGTERM)
+        previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def serve(
     models: Sequence[str | Path],
     host: str = "127.0.0.1",
@@ -571,7 +632,7 @@ def serve(
         app = create_app(served, limits, batching)
         # log_config=None: uvicorn logs through the handlers the CLI set up.
         options = uvicorn.Config(app, lifespan="on", log_config=None, access_log=access_log)
-        server = uvicorn.Server(options)
+        server = _Server(options, app.state.service.stop)
         shown = f"[{host}]" if ":" in host else host
         log.info(
             f"serving {', '.join(m.name for m in served)} on "
