@@ -725,9 +725,23 @@ def serve(
         Optional[int],  # noqa: UP045
         typer.Option(help="Characters per line [default: 2000].", show_default=False),
     ] = None,
+    max_request_chars: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="Characters per request, all lines [default: 100000].", show_default=False
+        ),
+    ] = None,
     max_body_bytes: Annotated[
         Optional[int],  # noqa: UP045
         typer.Option(help="Bytes per request body [default: 1048576].", show_default=False),
+    ] = None,
+    timeout: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option(
+            help="Seconds a request may take before it is answered 504 (a request may ask for "
+            "less) [default: 120].",
+            show_default=False,
+        ),
     ] = None,
     max_beam_size: Annotated[
         Optional[int],  # noqa: UP045
@@ -747,6 +761,17 @@ def serve(
         Optional[int],  # noqa: UP045
         typer.Option(help="Source tokens per batch [default: the model's decode.batch_tokens]."),
     ] = None,
+    short_tokens: Annotated[
+        int,
+        typer.Option(
+            help="Requests of at most this many source tokens are decoded between the steps "
+            "of longer ones (0: never)."
+        ),
+    ] = 256,
+    max_queue_lines: Annotated[
+        int,
+        typer.Option(help="Lines that may wait; more are answered 503 with Retry-After."),
+    ] = 4096,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     precision: Annotated[
         str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")
@@ -766,15 +791,17 @@ def serve(
         given = {
             "max_lines": max_lines,
             "max_line_chars": max_line_chars,
+            "max_request_chars": max_request_chars,
             "max_body_bytes": max_body_bytes,
             "max_beam_size": max_beam_size,
+            "timeout": timeout,
         }
         run_server(
             models,
             host,
             port,
             limits=Limits(**{k: v for k, v in given.items() if v is not None}),
-            batching=Batching(batching, max_wait_ms, batch_tokens),
+            batching=Batching(batching, max_wait_ms, batch_tokens, short_tokens, max_queue_lines),
             device=device,
             precision=precision,
             quantize=quantize,

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,15 @@ from conftest import default_sigint  # noqa: E402
 from test_cli import assert_user_error, nmt  # noqa: E402
 
 from nmt.decoding.records import Translation  # noqa: E402
+from nmt.decoding.search import pause  # noqa: E402
 from nmt.decoding.translator import Translator  # noqa: E402
-from nmt.serving.batcher import Batcher, Batching, Options  # noqa: E402
+from nmt.serving.batcher import (  # noqa: E402
+    Batching,
+    DeadlineExceeded,
+    Options,
+    Overloaded,
+    Scheduler,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 60  # seconds, for every HTTP call and wait
@@ -258,6 +264,115 @@ def test_health_answers_while_a_long_request_decodes(server, sources):
     assert max(during) < done["seconds"] / 2, (probes, done["seconds"])
 
 
+def heavy(sources: list[str]) -> dict:
+    """A legal request that decodes for seconds on the test server (30 lines of 300
+    characters, beam 16, 16-best, alignments: about 2.6 s on one core)."""
+    line = " ".join(sources)[:300]
+    return {"text": [line] * 30, "beam_size": 16, "nbest": 16, "alignment": True}
+
+
+def in_background(url: str, body: dict, **options) -> tuple[threading.Thread, dict]:
+    done: dict = {}
+
+    def send() -> None:
+        start = time.monotonic()
+        try:
+            done["response"] = httpx.post(f"{url}/translate", json=body, **options)
+        except httpx.TransportError as e:
+            done["error"] = e
+        done["seconds"] = time.monotonic() - start
+
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread, done
+
+
+def wait_until(url: str, condition, what: str, limit: float = TIMEOUT) -> dict:
+    deadline = time.monotonic() + limit
+    while True:
+        health = httpx.get(f"{url}/health", timeout=TIMEOUT).json()
+        if condition(health):
+            return health
+        assert time.monotonic() < deadline, f"{what}: {health}"
+        time.sleep(0.02)
+
+
+def test_a_long_request_does_not_stall_short_ones(server, sources):
+    thread, done = in_background(server, heavy(sources), timeout=TIMEOUT)
+    wait_until(server, lambda h: h["in_flight"] >= 1, "the long request never arrived")
+    latencies = []
+    with httpx.Client(base_url=server, timeout=TIMEOUT) as client:
+        for line in sources[:5]:
+            start = time.monotonic()
+            answer = client.post("/translate", json={"text": [line]})
+            latencies.append(time.monotonic() - start)
+            assert answer.status_code == 200
+        still_running = thread.is_alive()
+    thread.join(TIMEOUT)
+    assert done["response"].status_code == 200
+    # Answered between the long request's steps, not after it.
+    assert still_running, (latencies, done["seconds"])
+    assert sum(latencies) < done["seconds"], (latencies, done["seconds"])
+    assert httpx.get(f"{server}/health", timeout=TIMEOUT).json()["interleaved"] >= 1
+
+
+def test_a_request_past_its_deadline_gets_504(server, sources):
+    start = time.monotonic()
+    answer = post(server, {**heavy(sources), "timeout": 0.3})
+    assert answer.status_code == 504, answer.text
+    assert "deadline (0.3 s)" in answer.json()["error"]
+    assert time.monotonic() - start < 2.0
+    assert httpx.get(f"{server}/health", timeout=TIMEOUT).json()["expired"] >= 1
+    assert post(server, {"text": sources[:1]}).status_code == 200
+    over = post(server, {"text": sources[:1], "timeout": 1e6})
+    assert over.status_code == 422 and over.json()["limit"] == "timeout"
+
+
+def test_a_client_that_hangs_up_is_not_decoded_further(server, sources):
+    before = httpx.get(f"{server}/health", timeout=TIMEOUT).json()["cancelled"]
+    thread, done = in_background(server, heavy(sources), timeout=0.5)
+    thread.join(TIMEOUT)
+    assert isinstance(done.get("error"), httpx.TimeoutException), done
+    # The request would decode for seconds more; it is dropped instead.
+    wait_until(server, lambda h: h["in_flight"] == 0, "still decoding", limit=1.5)
+    wait_until(server, lambda h: h["cancelled"] > before, "not counted as cancelled", limit=1.5)
+
+
+def test_a_full_queue_answers_503_with_retry_after(trained_run, sources, tmp_path):
+    options = ("--max-queue-lines", "2", "--short-tokens", "0", "--max-wait-ms", "0", *LIMITS)
+    proc, url = start_server(trained_run, tmp_path / "server.log", *options)
+    try:
+        thread, _ = in_background(url, heavy(sources), timeout=TIMEOUT)
+        wait_until(url, lambda h: h["in_flight"] >= 1, "the long request never arrived")
+        waiting, _ = in_background(url, {"text": sources[:2]}, timeout=TIMEOUT)
+        wait_until(url, lambda h: h["waiting_lines"] == 2, "the second request is not waiting")
+        refused = post(url, {"text": sources[:1]})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["limit"] == "max_queue_lines"
+        assert int(refused.headers["retry-after"]) >= 1
+        thread.join(TIMEOUT)
+        waiting.join(TIMEOUT)
+    finally:
+        stop_server(proc)
+
+
+def test_request_character_cap_and_truncated_lines(trained_run, sources):
+    from fastapi.testclient import TestClient
+
+    from nmt.serving.app import Limits, create_app, load_models
+
+    limits = Limits(max_line_chars=20_000, max_request_chars=30_000, max_body_bytes=200_000)
+    long_line = " ".join(sources * 3)[:6000]  # far over the model's 1,023 source tokens
+    with TestClient(create_app(load_models([trained_run], device="cpu"), limits)) as client:
+        over = client.post("/translate", json={"text": [long_line] * 6})
+        assert over.status_code == 413 and over.json()["limit"] == "max_request_chars"
+        answer = client.post("/translate", json={"text": [sources[0], long_line], "beam_size": 1})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["truncated"] == [1]  # said to the client, not only in the log
+        plain = client.post("/translate", json={"text": sources[:2]}).json()
+        assert "truncated" not in plain
+
+
 def test_models_health_and_openapi(server, trained_run):
     models = httpx.get(f"{server}/models", timeout=TIMEOUT).json()
     [model] = models["models"]
@@ -336,38 +451,53 @@ def test_serve_refuses_bad_arguments(trained_run, tmp_path, monkeypatch):
     assert_user_error(nmt("serve", trained_run), "pip install 'nmt[serve]'")
 
 
-# The batcher on its own: a stand-in model that upper-cases lines and records each call.
+# The scheduler on its own: a stand-in model that upper-cases lines and records each call; a
+# line "slow:N" takes N steps of 10 ms, calling the between-steps hook as a search does.
 
 
 class Recorder:
     def __init__(self, fail_on: str | None = None) -> None:
         self.calls: list[tuple[Options, list[str]]] = []
         self.fail_on = fail_on
+        self.steps = 0  # steps taken by slow lines
+        self.finished: list[str] = []  # lines, in the order their decode returned
 
     def __call__(self, options: Options, lines: list[str]) -> list[list[Translation]]:
         self.calls.append((options, list(lines)))
         if self.fail_on in lines:
             raise RuntimeError("this line breaks the model")
+        for line in lines:
+            if line.startswith("slow:"):
+                for _ in range(int(line[5:])):
+                    pause()
+                    time.sleep(0.01)
+                    self.steps += 1
+        self.finished += lines
         return [[Translation(line.upper(), 0.0, 0.0)] for line in lines]
 
 
-def run_batcher(decode, requests, batch_tokens=1000, batching=None, then=None) -> list:
-    """Submit all `requests` ((lines, tokens, options) each) at once; then the `then` ones."""
+def run_scheduler(decode, requests, batch_tokens=1000, batching=None, then=None) -> list:
+    """Submit all `requests` ((lines, tokens, options[, timeout, delay]) each) at once, each
+    after its delay in seconds; then the `then` ones. Returns results or exceptions."""
 
     async def main() -> list:
-        executor = ThreadPoolExecutor(max_workers=1)
-        batcher = Batcher(decode, batch_tokens, batching or Batching(max_wait_ms=50))
-        worker = asyncio.create_task(batcher.run(executor))
+        scheduler = Scheduler(batching or Batching(max_wait_ms=50))
+        scheduler.start()
+
+        async def one(lines, tokens, options, timeout=TIMEOUT, delay=0.0):
+            await asyncio.sleep(delay)
+            return await scheduler.submit(
+                "m", decode, batch_tokens, lines, tokens, options, timeout
+            )
+
         try:
             results = []
             for group in (requests, then or []):
-                submits = (batcher.submit(*request) for request in group)
-                gathered = asyncio.gather(*submits, return_exceptions=True)
+                gathered = asyncio.gather(*(one(*r) for r in group), return_exceptions=True)
                 results += await asyncio.wait_for(gathered, TIMEOUT)
             return results
         finally:
-            worker.cancel()
-            executor.shutdown(wait=True)
+            await asyncio.to_thread(scheduler.stop)
 
     return asyncio.run(main())
 
@@ -379,7 +509,7 @@ def texts(result) -> list[str]:
 def test_batcher_decodes_queued_requests_together():
     decode = Recorder()
     requests = [([f"a{i}", f"b{i}"], 4, Options()) for i in range(16)]
-    results = run_batcher(decode, requests)
+    results = run_scheduler(decode, requests)
     assert [texts(r) for r in results] == [[f"A{i}", f"B{i}"] for i in range(16)]
     assert len(decode.calls) == 1 and len(decode.calls[0][1]) == 32
 
@@ -387,7 +517,7 @@ def test_batcher_decodes_queued_requests_together():
 def test_batcher_keeps_to_its_token_budget():
     decode = Recorder()
     requests = [([f"s{i}"], 4, Options()) for i in range(5)]
-    results = run_batcher(decode, requests, batch_tokens=10)
+    results = run_scheduler(decode, requests, batch_tokens=10)
     assert [texts(r) for r in results] == [[f"S{i}"] for i in range(5)]
     assert [lines for _, lines in decode.calls] == [["s0", "s1"], ["s2", "s3"], ["s4"]]
 
@@ -396,7 +526,7 @@ def test_batcher_decodes_other_options_apart():
     decode = Recorder()
     wide, aligned = Options(beam_size=8), Options(nbest=2, alignment=True)
     requests = [(["x"], 2, Options()), (["y"], 2, wide), (["z"], 2, Options()), (["w"], 2, aligned)]
-    results = run_batcher(decode, requests)
+    results = run_scheduler(decode, requests)
     assert [texts(r) for r in results] == [["X"], ["Y"], ["Z"], ["W"]]
     assert decode.calls == [(Options(), ["x", "z"]), (wide, ["y"]), (aligned, ["w"])]
 
@@ -404,17 +534,74 @@ def test_batcher_decodes_other_options_apart():
 def test_batcher_without_batching_decodes_each_request_alone():
     decode = Recorder()
     requests = [([f"s{i}"], 1, Options()) for i in range(4)]
-    run_batcher(decode, requests, batching=Batching(enabled=False))
+    run_scheduler(decode, requests, batching=Batching(enabled=False))
     assert [lines for _, lines in decode.calls] == [["s0"], ["s1"], ["s2"], ["s3"]]
 
 
 def test_a_failing_request_fails_alone_and_the_batcher_goes_on():
     decode = Recorder(fail_on="boom")
     requests = [(["a"], 2, Options()), (["boom"], 2, Options()), (["c"], 2, Options())]
-    results = run_batcher(decode, requests, then=[(["d"], 2, Options())])
+    results = run_scheduler(decode, requests, then=[(["d"], 2, Options())])
     assert texts(results[0]) == ["A"] and texts(results[2]) == ["C"]
     assert isinstance(results[1], RuntimeError)
     assert texts(results[3]) == ["D"]
+
+
+def test_short_requests_are_decoded_between_the_steps_of_a_long_one():
+    decode = Recorder()
+    long = (["slow:100"], 5000, Options(beam_size=16))  # 1 s of steps, over short_tokens
+    shorts = [([f"s{i}"], 3, Options(), TIMEOUT, 0.1 + 0.1 * i) for i in range(3)]
+    results = run_scheduler(decode, [long, *shorts])
+    assert texts(results[0]) == ["SLOW:100"] and [texts(r) for r in results[1:]] == [
+        ["S0"],
+        ["S1"],
+        ["S2"],
+    ]
+    # Each short request was answered while the long one was still decoding.
+    assert decode.finished == ["s0", "s1", "s2", "slow:100"], decode.finished
+
+
+def test_a_request_past_its_deadline_is_answered_and_its_search_stops():
+    decode = Recorder()
+    results = run_scheduler(decode, [(["slow:500"], 10, Options(), 0.3)])
+    assert isinstance(results[0], DeadlineExceeded)
+    assert decode.steps < 100  # 5 s of steps asked for; stopped after about 0.3 s
+
+
+def test_a_request_whose_client_left_stops_its_search():
+    decode = Recorder()
+
+    async def main() -> Scheduler:
+        scheduler = Scheduler(Batching(max_wait_ms=0))
+        scheduler.start()
+        try:
+            task = asyncio.ensure_future(
+                scheduler.submit("m", decode, 1000, ["slow:500"], 10, Options(), TIMEOUT)
+            )
+            await asyncio.sleep(0.2)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.sleep(0.2)
+            return scheduler
+        finally:
+            await asyncio.to_thread(scheduler.stop)
+
+    scheduler = asyncio.run(main())
+    assert scheduler.cancelled == 1 and decode.steps < 100 and decode.finished == []
+
+
+def test_a_full_queue_refuses_with_the_time_to_retry():
+    decode = Recorder()
+    batching = Batching(max_wait_ms=0, max_queue_lines=3, short_tokens=0)
+    requests = [
+        (["slow:30"], 10, Options()),  # decoding: not waiting
+        (["a", "b"], 2, Options(), TIMEOUT, 0.1),  # waits: 2 lines
+        (["c", "d"], 2, Options(), TIMEOUT, 0.15),  # 2 more: over 3
+    ]
+    results = run_scheduler(decode, requests, batching=batching)
+    assert texts(results[0]) == ["SLOW:30"] and texts(results[1]) == ["A", "B"]
+    assert isinstance(results[2], Overloaded) and results[2].waiting == 2
+    assert results[2].retry_after >= 1
 
 
 # -- fuzzing the app in this process (no network): never a 5xx, always a JSON body ----------

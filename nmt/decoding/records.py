@@ -30,6 +30,8 @@ class Translation:
     attention: list[list[float]] | None = None
     # The target subwords those positions are (EOS as "</s>"), with alignments or attention.
     pieces: list[str] | None = None
+    # The source line was longer than the model takes and was cut to its first tokens.
+    truncated: bool = False
 
     def as_dict(self) -> dict:
         """The JSON form (the CLI's jsonl output): text and scores, plus the subword tokens and
@@ -41,6 +43,8 @@ class Translation:
         }
         if self.alignment is not None:
             record["tokens"], record["alignment"] = self.pieces, self.alignment
+        if self.truncated:
+            record["truncated"] = True
         return record
 
 

@@ -6,12 +6,18 @@ soon as they are finished, so no compute is spent on them. The model is fed one 
 row and step; beam search reorders the model's state whenever it reorders hypotheses.
 
 Options come in one object, the recipe's `decode` section (nmt.config.DecodeConfig).
+
+Between two steps a search calls the hook `between_steps` installed on its thread, if any: the
+server decodes short requests there while a long one is half done, and gives up a search whose
+requests have all gone (the hook raises).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -189,6 +195,27 @@ class Sampler:
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
 
 
+_thread = threading.local()
+
+
+@contextlib.contextmanager
+def between_steps(hook: Callable[[], None] | None) -> Iterator[None]:
+    """Call `hook` between the steps of every search on this thread inside the block (None: no
+    hook, e.g. for a search the hook itself starts)."""
+    previous = getattr(_thread, "hook", None)
+    _thread.hook = hook
+    try:
+        yield
+    finally:
+        _thread.hook = previous
+
+
+def pause() -> None:
+    hook = getattr(_thread, "hook", None)
+    if hook is not None:
+        hook()
+
+
 def search(
     model: EncoderDecoder,
     src: torch.Tensor,
@@ -234,6 +261,7 @@ def greedy_search(
     scores = torch.zeros(len(active), device=device)
     results: list[Hypothesis | None] = [None] * len(active)
     for step in range(max(limits) + 1):
+        pause()
         lp = _next_log_probs(model, state, tokens[:, -1:])
         forcing = any(step < len(prefixes[s]) for s in active)
         raw = lp.clone() if forcing else lp
@@ -470,6 +498,7 @@ def beam_search(
         ]
     finished: list[list[Hypothesis]] = [[] for _ in range(n_sent)]
     for step in range(last_step + 1):
+        pause()
         lp = _next_log_probs(model, state, tokens[:, -1:])
         vocab = lp.shape[1]
         raw = lp.clone() if guide is not None else lp

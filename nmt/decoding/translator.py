@@ -137,7 +137,9 @@ class Translator:
         engine = TorchEngine(model, dev, resolved, decode.sampling_seed)
         return cls(engine, src_tok, tgt_tok, decode, info)
 
-    def _encode(self, lines: list[str]) -> list[list[int]]:
+    def _encode(self, lines: list[str], cut: set[int] | None = None) -> list[list[int]]:
+        """The source ids of `lines`, each cut to the model's longest source; the positions of
+        the lines that were cut go into `cut`."""
         limit = self.engine.max_source_length
         ids = self.src_tok.encode(lines)
         for i, seq in enumerate(ids):
@@ -145,6 +147,8 @@ class Translator:
                 self.truncated += 1
                 log.warning(f"an input line of {len(seq)} tokens was cut to {limit} tokens")
                 ids[i] = seq[:limit]
+                if cut is not None:
+                    cut.add(i)
         return ids
 
     def translate_nbest(
@@ -173,7 +177,8 @@ class Translator:
         decode = decode or self.decode
         outputs: list[list[Translation]] = [[Translation("", 0.0, 0.0)] for _ in lines]
         todo = [i for i, line in enumerate(lines) if line.strip()]
-        ids = self._encode([lines[i] for i in todo])
+        cut: set[int] = set()
+        ids = self._encode([lines[i] for i in todo], cut)
         guide = self._guide(lines, todo, prefixes, constraints, decode, first_line)
         # Longest first: the costliest batch runs (and fails, if memory is short) early.
         order = sorted(range(len(todo)), key=lambda j: len(ids[j]), reverse=True)
@@ -205,6 +210,7 @@ class Translator:
                     w.argmax(dim=-1).tolist() if alignment else None,
                     w.tolist() if attention else None,
                     self.tgt_tok.id_pieces(h.tokens) + ["</s>"] if alignment or attention else None,
+                    b in cut,
                 )
                 for t, h, w in zip(texts, hyps, weights)
             ]

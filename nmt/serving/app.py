@@ -2,13 +2,12 @@
 
 Needs the `serve` extra (`pip install 'nmt[serve]'`); nothing else in nmt imports this module.
 
-Every served model has a queue. A request puts its lines on it and waits. The model's batcher
-takes the first request queued, then whatever arrives within `max_wait_ms`, up to
-`batch_tokens` source tokens; it groups those requests by decoding options and decodes each
-group with one `Translator.translate_nbest` call, which sorts the lines by length and batches
-them; each request then gets its own lines back. Decoding runs on one worker thread shared by
-all models (a Translator is not thread-safe, and two decodes at once would only compete for the
-same cores), so the event loop stays free to take requests and answer /health.
+A request puts its lines on the scheduler's queue (nmt.serving.batcher) and waits; one
+decoding thread gathers concurrent requests into batches, decodes short requests between the
+steps of long ones, and answers each request with its own lines, so the event loop stays free
+to take requests and answer /health. A request has a deadline (the server's --timeout, or a
+smaller one of its own), is dropped when its client hangs up, and is refused with 503 and
+Retry-After when the queue is full.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import signal
 import socket
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -34,7 +32,14 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.decoding.records import Translation
 from nmt.decoding.translator import Translator, lone_surrogate
 from nmt.errors import NmtError
-from nmt.serving.batcher import Batcher, Batching, Options, decode_with
+from nmt.serving.batcher import (
+    Batching,
+    DeadlineExceeded,
+    Options,
+    Overloaded,
+    Scheduler,
+    decode_with,
+)
 
 try:
     import uvicorn
@@ -56,13 +61,16 @@ MAX_LENGTH_PENALTY = 5.0  # GNMT alpha; tuned values lie between 0.6 and 1.2
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for: more lines, longer lines or a larger body are refused with
-    413, a larger beam_size or nbest with 422; each answer names the limit."""
+    """What one request may ask for: more lines, longer lines, more characters or a larger body
+    are refused with 413, a larger beam_size or nbest with 422; each answer names the limit.
+    `timeout` is the longest a request may take (seconds; a request may ask for less)."""
 
     max_lines: int = 256  # lines per request
     max_line_chars: int = 2000  # characters per line
+    max_request_chars: int = 100_000  # characters of all lines of a request
     max_body_bytes: int = 1 << 20  # the request body (1 MiB)
     max_beam_size: int = 16  # beam_size and nbest
+    timeout: float = 120.0  # seconds
 
     def validate(self) -> None:
         for name, value in dataclasses.asdict(self).items():
@@ -156,6 +164,13 @@ class TranslateRequest(BaseModel):
         description="GNMT length penalty alpha (0: none) [default: the model's].",
     )
     scores: bool = Field(False, description="Add nbest: each translation with its scores.")
+    timeout: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds this request may take, at most the server's timeout "
+        "[default: the server's]; over it the answer is 504.",
+    )
     alignment: bool = Field(
         False,
         description="Add nbest with each target subword's most attended source subword, and "
@@ -180,6 +195,11 @@ class TranslateResponse(BaseModel):
     source_tokens: list[list[str] | None] | None = Field(
         None, description="Each line's source subwords (+ </s>), which alignments index."
     )
+    truncated: list[int] | None = Field(
+        None,
+        description="The lines (0-based) longer than the model takes, translated from their "
+        "first tokens only; absent when none was.",
+    )
 
 
 class ModelInfo(BaseModel):
@@ -199,9 +219,11 @@ class ModelInfo(BaseModel):
 class LimitsInfo(BaseModel):
     max_lines: int
     max_line_chars: int
+    max_request_chars: int
     max_body_bytes: int
     max_beam_size: int
     max_length_penalty: float
+    timeout: float
 
 
 class ModelList(BaseModel):
@@ -213,8 +235,12 @@ class Health(BaseModel):
     status: str
     models: list[str]
     in_flight: int = Field(description="/translate requests being answered.")
+    waiting_lines: int = Field(description="Lines queued, not yet decoding.")
     batches: int = Field(description="Decode calls since the start.")
     lines: int = Field(description="Lines decoded since the start.")
+    interleaved: int = Field(description="Decode calls made between the steps of a longer one.")
+    expired: int = Field(description="Requests answered 504: over their deadline.")
+    cancelled: int = Field(description="Requests dropped: their client went away.")
 
 
 class ErrorBody(BaseModel):
@@ -227,14 +253,22 @@ class RequestError(Exception):
     """A request the server refuses: answered with `status` and an ErrorBody."""
 
     def __init__(
-        self, status: int, message: str, limit: str | None = None, maximum: float | None = None
+        self,
+        status: int,
+        message: str,
+        limit: str | None = None,
+        maximum: float | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.limit, self.maximum = status, message, limit, maximum
+        self.headers = headers
 
     def response(self) -> JSONResponse:
         body = ErrorBody(error=self.message, limit=self.limit, max=self.maximum)
-        return JSONResponse(body.model_dump(exclude_none=True), status_code=self.status)
+        return JSONResponse(
+            body.model_dump(exclude_none=True), status_code=self.status, headers=self.headers
+        )
 
 
 class BodyLimit:
@@ -347,14 +381,8 @@ class Service:
     def __init__(self, models: Sequence[ServedModel], limits: Limits, batching: Batching) -> None:
         self.models = {m.name: m for m in models}
         self.limits = limits
-        self.batchers = {
-            m.name: Batcher(
-                partial(decode_with, m.translator),
-                batching.batch_tokens or m.translator.decode.batch_tokens,
-                batching,
-            )
-            for m in models
-        }
+        self.batching = batching
+        self.scheduler = Scheduler(batching)
         self.in_flight = 0
         self.stopping = False  # set on SIGTERM / SIGINT: answers from then on close
 
@@ -366,24 +394,35 @@ class Service:
             "status": "ok",
             "models": list(self.models),
             "in_flight": self.in_flight,
-            "batches": sum(b.batches for b in self.batchers.values()),
-            "lines": sum(b.lines for b in self.batchers.values()),
+            "waiting_lines": self.scheduler.waiting_lines,
+            "batches": self.scheduler.batches,
+            "lines": self.scheduler.lines,
+            "interleaved": self.scheduler.interleaved,
+            "expired": self.scheduler.expired,
+            "cancelled": self.scheduler.cancelled,
         }
 
     def describe(self) -> dict[str, Any]:
         limits = {**dataclasses.asdict(self.limits), "max_length_penalty": MAX_LENGTH_PENALTY}
         return {"models": [m.info for m in self.models.values()], "limits": limits}
 
-    async def translate(self, request: TranslateRequest) -> dict[str, Any]:
+    async def translate(
+        self, request: TranslateRequest, gone: Callable[[], Any] | None = None
+    ) -> dict[str, Any]:
+        """Answer `request`; `gone` (async) tells whether its client has hung up, which drops
+        it."""
         self.in_flight += 1
         try:
-            return await self._translate(request)
+            return await self._translate(request, gone)
         finally:
             self.in_flight -= 1
 
-    async def _translate(self, request: TranslateRequest) -> dict[str, Any]:
+    async def _translate(
+        self, request: TranslateRequest, gone: Callable[[], Any] | None
+    ) -> dict[str, Any]:
         model = self._model(request.model)
         self._check(request, model)
+        timeout = min(request.timeout or self.limits.timeout, self.limits.timeout)
         results: list[list[Translation]] = []
         pieces: list[list[str] | None] | None = None
         if request.text:
@@ -395,20 +434,58 @@ class Service:
             options = Options(
                 request.beam_size, request.length_penalty, request.nbest, request.alignment
             )
-            try:
-                results = await self.batchers[model.name].submit(request.text, tokens, options)
-            except Exception:
-                # Logged with its traceback by the batcher; the other requests go on.
-                raise RequestError(500, "translation failed; the server log says why") from None
+            budget = self.batching.batch_tokens or model.translator.decode.batch_tokens
+            decode = partial(decode_with, model.translator)
+            waiting = asyncio.ensure_future(
+                self.scheduler.submit(
+                    model.name, decode, budget, request.text, tokens, options, timeout
+                )
+            )
+            results = await self._wait(waiting, gone, timeout)
         response: dict[str, Any] = {
             "model": model.name,
             "translations": [best[0].text for best in results],
         }
+        cut = [i for i, best in enumerate(results) if best[0].truncated]
+        if cut:
+            response["truncated"] = cut
         if request.nbest > 1 or request.scores or request.alignment:
             response["nbest"] = [[_hypothesis(t) for t in best] for best in results]
         if request.alignment:
             response["source_tokens"] = pieces or []
         return response
+
+    async def _wait(
+        self, waiting: asyncio.Future, gone: Callable[[], Any] | None, timeout: float
+    ) -> list[list[Translation]]:
+        """The scheduler's answer, checking every quarter second whether the client is still
+        there (if it is not, the request is dropped)."""
+        try:
+            while True:
+                done, _ = await asyncio.wait({waiting}, timeout=0.25)
+                if done:
+                    return waiting.result()
+                if gone is not None and await gone():
+                    waiting.cancel()
+                    raise RequestError(499, "the client closed the connection")
+        except Overloaded as e:
+            raise RequestError(
+                503,
+                f"the server is busy ({e.waiting} lines are waiting); retry in {e.retry_after} s",
+                "max_queue_lines",
+                self.batching.max_queue_lines,
+                headers={"Retry-After": str(e.retry_after)},
+            ) from None
+        except DeadlineExceeded:
+            raise RequestError(
+                504, f"the translation took longer than its deadline ({timeout:g} s)"
+            ) from None
+        except (RequestError, asyncio.CancelledError):
+            waiting.cancel()
+            raise
+        except Exception:
+            # Logged with its traceback by the scheduler; the other requests go on.
+            raise RequestError(500, "translation failed; the server log says why") from None
 
     def _model(self, name: str | None) -> ServedModel:
         if name is None:
@@ -447,6 +524,23 @@ class Service:
                     "max_line_chars",
                     limits.max_line_chars,
                 )
+        chars = sum(len(line) for line in request.text)
+        if chars > limits.max_request_chars:
+            raise RequestError(
+                413,
+                f"the request has {chars} characters; the limit (max_request_chars) is "
+                f"{limits.max_request_chars}",
+                "max_request_chars",
+                limits.max_request_chars,
+            )
+        if request.timeout is not None and request.timeout > limits.timeout:
+            raise RequestError(
+                422,
+                f"timeout {request.timeout:g} is over the server's limit (timeout) of "
+                f"{limits.timeout:g} s",
+                "timeout",
+                limits.timeout,
+            )
         for name in ("beam_size", "nbest"):
             value = getattr(request, name)
             if value is not None and value > limits.max_beam_size:
@@ -486,12 +580,21 @@ def _hypothesis(t: Translation) -> dict[str, Any]:
     return record
 
 
+def _shown_key(key: object) -> str:
+    """A field name or index of the request as an error names it: a key that is not a plain
+    name is quoted and escaped (and cut), so that the message stays one short line."""
+    if isinstance(key, int) or (isinstance(key, str) and key.isidentifier()):
+        return str(key)
+    text = json.dumps(str(key))
+    return text if len(text) <= 40 else text[:37] + '..."'
+
+
 def _validation_message(errors: Iterable[dict]) -> str:
     parts = []
     for e in errors:
         if e.get("type") == "json_invalid":
             return f"invalid JSON at character {e['loc'][-1]}: {e.get('ctx', {}).get('error')}"
-        where = ".".join(str(p) for p in e["loc"] if p != "body")
+        where = ".".join(_shown_key(p) for p in e["loc"] if p != "body")
         if not where:
             return (
                 'the body must be a JSON object, {"text": [...], ...}, sent with '
@@ -512,16 +615,12 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nmt-decode")
-        tasks = [asyncio.create_task(b.run(executor)) for b in service.batchers.values()]
+        service.scheduler.start()
         try:
             yield
         finally:
-            # The server has answered every request by now: nothing is waiting on a batcher.
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            executor.shutdown(wait=True)
+            # The server has answered every request by now: nothing is waiting.
+            await asyncio.to_thread(service.scheduler.stop)
 
     app = FastAPI(
         title="nmt",
@@ -552,10 +651,12 @@ def create_app(
         404: {"model": ErrorBody, "description": "Unknown model."},
         413: {
             "model": ErrorBody,
-            "description": "Over max_lines, max_line_chars or max_body_bytes.",
+            "description": "Over max_lines, max_line_chars, max_request_chars or max_body_bytes.",
         },
         422: {"model": ErrorBody, "description": "Invalid JSON, types or options."},
         500: {"model": ErrorBody, "description": "Decoding failed (see the server log)."},
+        503: {"model": ErrorBody, "description": "The queue is full; see Retry-After."},
+        504: {"model": ErrorBody, "description": "Over the request's deadline."},
     }
 
     @app.post(
@@ -564,9 +665,9 @@ def create_app(
         response_model_exclude_none=True,
         responses=errors,
     )
-    async def translate(request: TranslateRequest) -> dict[str, Any]:
+    async def translate(request: TranslateRequest, raw: Request) -> dict[str, Any]:
         """Translate lines; concurrent requests are decoded together, each gets its own."""
-        return await service.translate(request)
+        return await service.translate(request, raw.is_disconnected)
 
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
