@@ -13,6 +13,14 @@ Reported per pass: total sentences/s (lines / wall time), p50 and p95 request la
 throughput as a share of offline, and how many translations equal the offline ones. Each figure
 is the median pass of `--repeats`. The clients run on the same machine as the server: on a
 2-core machine they take some of its CPU, which offline translation does not pay.
+
+`--mixed` measures fairness instead: 31 clients each send one line at a time (`--limit` lines
+in all), first alone, then while a 32nd client keeps sending maximal requests (256 lines of
+2,000 characters, beam 16, 16-best, alignments: what the default limits allow); it reports the
+one-line clients' p50 and p99 latency in both passes and their ratio (alternating passes,
+median of `--repeats`).
+
+    python bench/serve_load.py RUN --mixed --limit 300 --repeats 3 --threads 1
 """
 
 from __future__ import annotations
@@ -77,6 +85,78 @@ async def _pass(port: int, lines: list[str], clients: int, per: int) -> dict:
     await asyncio.gather(*(_client(port, lines, chunks, per, out) for _ in range(clients)))
     out["seconds"] = time.perf_counter() - start
     return out
+
+
+async def _heavy(port: int, lines: list[str], stop: asyncio.Event, out: dict) -> None:
+    """Maximal requests, one after another, until `stop`; hangs up on the one in flight."""
+    text = " ".join(lines)
+    line = (text * (2000 // max(1, len(text)) + 1))[:2000]
+    body = json.dumps(
+        {"text": [line] * 256, "beam_size": 16, "nbest": 16, "alignment": True}
+    ).encode()
+    while not stop.is_set():
+        reader, writer = await asyncio.open_connection(HOST, port)
+        try:
+            request = asyncio.ensure_future(_request(reader, writer, "POST", "/translate", body))
+            waiting = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({request, waiting}, return_when=asyncio.FIRST_COMPLETED)
+            if request.done():
+                out["heavy_answers"] = out.get("heavy_answers", 0) + 1
+            request.cancel()
+            waiting.cancel()
+        finally:
+            writer.close()
+
+
+async def _mixed_pass(port: int, lines: list[str], heavy: bool) -> dict:
+    out: dict = {"latencies": [], "outputs": [None] * len(lines)}
+    stop = asyncio.Event()
+    background = asyncio.ensure_future(_heavy(port, lines, stop, out)) if heavy else None
+    if heavy:
+        await asyncio.sleep(1.0)  # the heavy request is decoding
+    chunks = iter(range(len(lines)))
+    start = time.perf_counter()
+    await asyncio.gather(*(_client(port, lines, chunks, 1, out) for _ in range(31)))
+    out["seconds"] = time.perf_counter() - start
+    stop.set()
+    if background is not None:
+        await background
+    return out
+
+
+def _mixed(args: argparse.Namespace, lines: list[str]) -> None:
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.processor() or platform.machine()}, "
+        f"threads {args.threads or 'default'}, {args.run}, {len(lines)} lines of {args.input}"
+    )
+    print("| pass | one-line p50 ms | one-line p99 ms | sentences/s |")
+    print("| --- | --- | --- | --- |")
+    rows: dict[bool, list[dict]] = {False: [], True: []}
+    with tempfile.TemporaryDirectory() as folder:
+        with _server(args, "batching", Path(folder) / "mixed.log") as port:
+            asyncio.run(_pass(port, lines[:64], 8, 1))  # warm-up
+            for _ in range(args.repeats):
+                for heavy in (False, True):
+                    run = asyncio.run(_mixed_pass(port, lines, heavy))
+                    ms = sorted(1000 * s for s in run["latencies"])
+                    rows[heavy].append(
+                        {
+                            "p50": statistics.median(ms),
+                            "p99": ms[min(len(ms) - 1, int(0.99 * len(ms)))],
+                            "per_s": len(lines) / run["seconds"],
+                        }
+                    )
+    for heavy, name in ((False, "31 one-line clients alone"), (True, "the same + 1 heavy client")):
+        p50 = statistics.median(r["p50"] for r in rows[heavy])
+        p99 = statistics.median(r["p99"] for r in rows[heavy])
+        per_s = statistics.median(r["per_s"] for r in rows[heavy])
+        print(f"| {name} | {p50:.0f} | {p99:.0f} | {per_s:.1f} |")
+    ratio = statistics.median(r["p99"] for r in rows[True]) / statistics.median(
+        r["p99"] for r in rows[False]
+    )
+    print(f"\np99 with the heavy client / without: {ratio:.2f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
 
 
 async def _healthy(port: int) -> bool:
@@ -167,9 +247,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--json", help="also write every figure to this file")
+    parser.add_argument("--mixed", action="store_true", help="the fairness scenario (see above)")
     args = parser.parse_args()
     lines = Path(args.input).read_text(encoding="utf-8").splitlines()
     lines = lines[: args.limit] if args.limit else lines
+    if args.mixed:
+        _mixed(args, lines)
+        return
     clients = [int(c) for c in args.clients.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
     if any(m not in ("batching", "no-batching") for m in modes):
