@@ -779,14 +779,48 @@ def serve(
     quantize: Annotated[str, typer.Option(help="none, or int8 (CPU only).")] = "none",
     threads: ThreadsOpt = 0,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    api_keys: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option(
+            help="Require one of the keys in this file (one per line) on /translate and "
+            "/models: 'Authorization: Bearer KEY' or 'X-API-Key: KEY'.",
+            show_default=False,
+        ),
+    ] = None,
+    rate_limit: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option(
+            help="Requests a minute per key (per client address without keys); over it, 429.",
+            show_default=False,
+        ),
+    ] = None,
+    cors_origin: Annotated[
+        Optional[list[str]],  # noqa: UP045
+        typer.Option(
+            help="A web origin whose pages may call the server, e.g. https://example.org "
+            "(repeatable; * for any).",
+            show_default=False,
+        ),
+    ] = None,
+    metrics: Annotated[
+        bool,
+        typer.Option(help="GET /metrics for Prometheus (needs pip install 'nmt[metrics]')."),
+    ] = False,
 ) -> None:
     """Serve models over HTTP (needs `pip install 'nmt[serve]'`): POST /translate, GET /health,
-    GET /models, API docs at /docs. SIGTERM or Ctrl-C stops it after the requests in flight."""
+    GET /ready, GET /models, API docs at /docs. SIGTERM or Ctrl-C stops it after the requests in
+    flight."""
     with user_errors():
         _set_threads(threads)
+        from nmt.serving.access import Access, KeyRing, RateLimiter
         from nmt.serving.app import Limits
         from nmt.serving.app import serve as run_server
         from nmt.serving.batcher import Batching
+
+        access = Access(
+            KeyRing.from_file(api_keys) if api_keys is not None else None,
+            RateLimiter(rate_limit) if rate_limit is not None else None,
+        )
 
         given = {
             "max_lines": max_lines,
@@ -806,6 +840,9 @@ def serve(
             precision=precision,
             quantize=quantize,
             access_log=access_log,
+            access=access,
+            cors_origins=cors_origin or (),
+            metrics=metrics,
         )
 
 

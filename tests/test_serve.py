@@ -662,3 +662,80 @@ def test_fuzz_any_json_gets_an_answer_and_no_5xx(app_client, value):
 @given(st.binary(max_size=300), st.sampled_from(["application/json", "text/plain", ""]))
 def test_fuzz_any_bytes_get_an_answer_and_no_5xx(app_client, body, content_type):
     _assert_answered(app_client, body, content_type)
+
+
+# -- access and observability, in this process -----------------------------------------------
+
+
+def _client_for(trained_run, **options):
+    from fastapi.testclient import TestClient
+
+    from nmt.serving.app import create_app, load_models
+
+    return TestClient(create_app(load_models([trained_run], device="cpu"), **options))
+
+
+def test_api_keys_and_rate_limits(trained_run, tmp_path):
+    from nmt.serving.access import Access, KeyRing, RateLimiter
+
+    keys = tmp_path / "keys"
+    keys.write_text("# one key per line\nalpha-key\n\nbeta-key\n")
+    access = Access(KeyRing.from_file(keys), RateLimiter(3))
+    body = {"text": ["A dog."]}
+    with _client_for(trained_run, access=access) as client:
+        missing = client.post("/translate", json=body)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        wrong = client.post("/translate", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 403 and "not accepted" in wrong.json()["error"]
+        alpha = {"Authorization": "Bearer alpha-key"}
+        assert [
+            client.post("/translate", json=body, headers=alpha).status_code for _ in range(3)
+        ] == [200] * 3
+        over = client.post("/translate", json=body, headers=alpha)
+        assert over.status_code == 429 and int(over.headers["retry-after"]) >= 1
+        assert "3 requests a minute" in over.json()["error"]
+        # Another key has its own allowance; health and readiness need no key.
+        beta = client.post("/translate", json=body, headers={"X-API-Key": "beta-key"})
+        assert beta.status_code == 200
+        assert client.get("/models").status_code == 401
+        assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200
+    assert_user_error(nmt("serve", trained_run, "--api-keys", tmp_path / "none"), "--api-keys")
+
+
+def test_cors_origins(trained_run):
+    preflight = {"Origin": "https://example.org", "Access-Control-Request-Method": "POST"}
+    with _client_for(trained_run, cors_origins=["https://example.org"]) as client:
+        allowed = client.options("/translate", headers=preflight)
+        assert allowed.headers["access-control-allow-origin"] == "https://example.org"
+        answer = client.post(
+            "/translate", json={"text": ["A dog."]}, headers={"Origin": "https://example.org"}
+        )
+        assert answer.headers["access-control-allow-origin"] == "https://example.org"
+        other = client.options(
+            "/translate", headers={**preflight, "Origin": "https://evil.example"}
+        )
+        assert "access-control-allow-origin" not in other.headers
+    with _client_for(trained_run) as client:  # no origins given: no CORS headers at all
+        answer = client.post(
+            "/translate", json={"text": ["A dog."]}, headers={"Origin": "https://example.org"}
+        )
+        assert "access-control-allow-origin" not in answer.headers
+
+
+def test_prometheus_metrics_and_readiness(trained_run):
+    pytest.importorskip("prometheus_client")
+    with _client_for(trained_run, metrics=True) as client:
+        assert client.post("/translate", json={"text": ["A dog.", "A cat."]}).status_code == 200
+        assert client.post("/translate", json={"text": "A dog."}).status_code == 422
+        text = client.get("/metrics").text
+        assert 'nmt_requests_total{endpoint="/translate",status="200"} 1.0' in text
+        assert 'nmt_errors_total{status="422"} 1.0' in text
+        assert "nmt_lines_total 2.0" in text and "nmt_batch_lines_count 1.0" in text
+        assert 'nmt_request_seconds_count{endpoint="/translate"} 2.0' in text
+        assert "nmt_queue_lines 0.0" in text and "nmt_in_flight" in text
+        assert client.get("/ready").json() == {"status": "ready"}
+        client.app.state.service.stop()
+        stopping = client.get("/ready")
+        assert stopping.status_code == 503 and stopping.json()["error"] == "stopping"
+    with _client_for(trained_run) as client:  # without --metrics there is no /metrics
+        assert client.get("/metrics").status_code == 404

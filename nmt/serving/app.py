@@ -32,6 +32,7 @@ from nmt.data.tokenizer import Tokenizer
 from nmt.decoding.records import Translation
 from nmt.decoding.translator import Translator, lone_surrogate
 from nmt.errors import NmtError
+from nmt.serving.access import Access
 from nmt.serving.batcher import (
     Batching,
     DeadlineExceeded,
@@ -46,7 +47,8 @@ try:
     from fastapi import FastAPI, Request
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import JSONResponse, Response
     from pydantic import BaseModel, ConfigDict, Field
     from starlette.exceptions import HTTPException
 except ImportError:
@@ -378,9 +380,16 @@ def _json_problem(body: bytes) -> str | None:
 class Service:
     """The served models, their batchers, the limits and the counters behind the endpoints."""
 
-    def __init__(self, models: Sequence[ServedModel], limits: Limits, batching: Batching) -> None:
+    def __init__(
+        self,
+        models: Sequence[ServedModel],
+        limits: Limits,
+        batching: Batching,
+        access: Access | None = None,
+    ) -> None:
         self.models = {m.name: m for m in models}
         self.limits = limits
+        self.access = access or Access()
         self.batching = batching
         self.scheduler = Scheduler(batching)
         self.in_flight = 0
@@ -388,6 +397,31 @@ class Service:
 
     def stop(self) -> None:
         self.stopping = True
+
+    def authorize(self, raw: Request, key: str | None = None) -> None:
+        """Refuse a request without an accepted API key (401, 403) or over its rate (429).
+        The key comes from `key` (a form field) or the headers: Authorization: Bearer KEY, or
+        X-API-Key."""
+        if key is None:
+            scheme, _, token = raw.headers.get("authorization", "").partition(" ")
+            key = token.strip() if scheme.lower() == "bearer" else raw.headers.get("x-api-key")
+        client = raw.client.host if raw.client else "unknown"
+        refused = self.access.check(key, client)
+        if refused is None:
+            return
+        status, message, wait = refused
+        headers = {"Retry-After": str(wait)} if wait else None
+        if status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        raise RequestError(status, message, headers=headers)
+
+    def ready(self) -> tuple[bool, str]:
+        """Whether a request sent now would be taken: not when stopping or the queue is full."""
+        if self.stopping:
+            return False, "stopping"
+        if self.scheduler.waiting_lines >= self.batching.max_queue_lines:
+            return False, "the queue is full"
+        return True, "ready"
 
     def health(self) -> dict[str, Any]:
         return {
@@ -605,13 +639,27 @@ def _validation_message(errors: Iterable[dict]) -> str:
 
 
 def create_app(
-    models: Sequence[ServedModel], limits: Limits | None = None, batching: Batching | None = None
+    models: Sequence[ServedModel],
+    limits: Limits | None = None,
+    batching: Batching | None = None,
+    *,
+    access: Access | None = None,
+    cors_origins: Sequence[str] = (),
+    metrics: bool = False,
 ) -> FastAPI:
-    """The ASGI app serving `models` (see `load_models`); its lifespan runs the batchers."""
+    """The ASGI app serving `models` (see `load_models`); its lifespan runs the scheduler.
+    `access`: API keys and rate limits; `cors_origins`: web origins whose pages may call it;
+    `metrics`: GET /metrics for Prometheus (needs prometheus-client)."""
     limits, batching = limits or Limits(), batching or Batching()
     limits.validate()
     batching.validate()
-    service = Service(models, limits, batching)
+    service = Service(models, limits, batching, access)
+    recorder = None
+    if metrics:
+        from nmt.serving.metrics import Metrics
+
+        recorder = Metrics(lambda: service.scheduler.waiting_lines, lambda: service.in_flight)
+        service.scheduler.on_batch = recorder.batch
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -628,8 +676,21 @@ def create_app(
         description="Neural machine translation. Concurrent requests are decoded together.",
         lifespan=lifespan,
     )
+    # The last added runs first: CORS headers go on every answer, refusals included.
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(CloseWhenStopping, service=service)
+    if recorder is not None:
+        from nmt.serving.metrics import RecordRequests
+
+        app.add_middleware(RecordRequests, metrics=recorder)
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+            max_age=600,
+        )
     app.state.service = service
 
     @app.exception_handler(RequestError)
@@ -667,6 +728,7 @@ def create_app(
     )
     async def translate(request: TranslateRequest, raw: Request) -> dict[str, Any]:
         """Translate lines; concurrent requests are decoded together, each gets its own."""
+        service.authorize(raw)
         return await service.translate(request, raw.is_disconnected)
 
     @app.get("/health", response_model=Health)
@@ -674,10 +736,27 @@ def create_app(
         """Whether the server is up, and what it is doing."""
         return service.health()
 
+    @app.get("/ready", responses={503: {"model": ErrorBody, "description": "Not now."}})
+    async def ready() -> JSONResponse:
+        """Whether the server takes requests now (for a load balancer): 503 while stopping or
+        with a full queue. /health says only that it is alive."""
+        ok, why = service.ready()
+        if ok:
+            return JSONResponse({"status": why})
+        return JSONResponse({"error": why}, status_code=503, headers={"Retry-After": "1"})
+
     @app.get("/models", response_model=ModelList)
-    async def list_models() -> dict[str, Any]:
+    async def list_models(raw: Request) -> dict[str, Any]:
         """The served models (languages, size, attention, decoding defaults) and the limits."""
+        service.authorize(raw)
         return service.describe()
+
+    if recorder is not None:
+
+        @app.get("/metrics", include_in_schema=False)
+        async def prometheus_metrics() -> Response:
+            body, media_type = recorder.exposition()
+            return Response(body, media_type=media_type)
 
     return app
 
@@ -721,16 +800,25 @@ def serve(
     precision: str = "auto",
     quantize: str = "none",
     access_log: bool = False,
+    access: Access | None = None,
+    cors_origins: Sequence[str] = (),
+    metrics: bool = False,
 ) -> None:
     """Serve run folders or checkpoints (`PATH` or `NAME=PATH` each) on http://host:port until
     SIGTERM or Ctrl-C; the requests in flight are answered before it returns."""
     limits, batching = limits or Limits(), batching or Batching()
     limits.validate()
     batching.validate()
+    if metrics:
+        from nmt.serving.metrics import require_prometheus
+
+        require_prometheus()
     sock = _bind(host, port)  # before loading models: a taken port fails at once
     try:
         served = load_models(models, device, precision, quantize)
-        app = create_app(served, limits, batching)
+        app = create_app(
+            served, limits, batching, access=access, cors_origins=cors_origins, metrics=metrics
+        )
         # log_config=None: uvicorn logs through the handlers the CLI set up.
         options = uvicorn.Config(app, lifespan="on", log_config=None, access_log=access_log)
         server = _Server(options, app.state.service.stop)

@@ -157,6 +157,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._seconds_per_line = 0.01  # a running mean, for Retry-After
         self._nested = False
+        self.on_batch: Callable[[int], None] | None = None  # told the lines of each decode call
 
     # -- the event loop's side -------------------------------------------------------------
 
@@ -312,6 +313,8 @@ class Scheduler:
         self._seconds_per_line = 0.8 * self._seconds_per_line + 0.2 * elapsed / len(lines)
         self.batches += 1
         self.lines += len(lines)
+        if self.on_batch is not None:
+            self.on_batch(len(lines))
         start = 0
         for job in wanted:
             job.answer(results[start : start + len(job.lines)])
