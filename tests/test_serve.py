@@ -739,3 +739,51 @@ def test_prometheus_metrics_and_readiness(trained_run):
         assert stopping.status_code == 503 and stopping.json()["error"] == "stopping"
     with _client_for(trained_run) as client:  # without --metrics there is no /metrics
         assert client.get("/metrics").status_code == 404
+
+
+# -- LibreTranslate's API, spoken by its own Python client ------------------------------------
+
+
+def test_libretranslate_client_gets_our_translations(server, sources, offline):
+    libretranslatepy = pytest.importorskip("libretranslatepy")
+    client = libretranslatepy.LibreTranslateAPI(server)
+    wanted = [best[0].text for best in offline(sources[:3])]
+    assert [client.translate(line, "en", "de") for line in sources[:3]] == wanted
+    assert client.languages() == [{"code": "en", "name": "English", "targets": ["de"]}]
+    # The same under /libretranslate/, for clients that take a base URL.
+    prefixed = libretranslatepy.LibreTranslateAPI(f"{server}/libretranslate/")
+    assert prefixed.translate(sources[0], "auto", "de") == wanted[0]
+    import urllib.error
+
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        client.translate(sources[0], "en", "fr")
+    assert refused.value.code == 400
+    assert "en->fr is not served" in json.loads(refused.value.read())["error"]
+
+
+def test_libretranslate_json_lists_alternatives_and_keys(trained_run, sources, offline, tmp_path):
+    from nmt.serving.access import Access, KeyRing
+
+    keys = tmp_path / "keys"
+    keys.write_text("secret\n")
+    with _client_for(trained_run, access=Access(KeyRing.from_file(keys))) as client:
+        body = {"q": sources[:2], "source": "auto", "target": "de", "alternatives": 2}
+        assert client.post("/translate", json=body).status_code == 401
+        answer = client.post("/translate", json={**body, "api_key": "secret"})
+        assert answer.status_code == 200, answer.text
+        result = answer.json()
+        assert result["translatedText"] == [best[0].text for best in offline(sources[:2])]
+        assert [len(a) for a in result["alternatives"]] == [2, 2]
+        assert result["detectedLanguage"][0] == {"confidence": 100.0, "language": "en"}
+        form = client.post(
+            "/translate",
+            data={"q": sources[0], "source": "en", "target": "de", "api_key": "secret"},
+        )
+        assert form.json() == {"translatedText": result["translatedText"][0]}
+        html = client.post("/translate", json={**body, "api_key": "secret", "format": "html"})
+        assert html.status_code == 400 and "format" in html.json()["error"]
+        # Our own API on the same path is untouched.
+        ours = client.post(
+            "/translate", json={"text": sources[:1]}, headers={"X-API-Key": "secret"}
+        )
+        assert ours.json()["translations"] == result["translatedText"][:1]

@@ -27,11 +27,25 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from nmt.errors import NmtError
+
+try:
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from fastapi.encoders import jsonable_encoder
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.middleware.cors import CORSMiddleware
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException
+except ImportError:
+    raise NmtError(
+        "nmt serve needs FastAPI and uvicorn; install them with: pip install 'nmt[serve]'"
+    ) from None
+
 from nmt import __version__, config
 from nmt.data.tokenizer import Tokenizer
 from nmt.decoding.records import Translation
 from nmt.decoding.translator import Translator, lone_surrogate
-from nmt.errors import NmtError
 from nmt.serving.access import Access
 from nmt.serving.batcher import (
     Batching,
@@ -41,24 +55,18 @@ from nmt.serving.batcher import (
     Scheduler,
     decode_with,
 )
-
-try:
-    import uvicorn
-    from fastapi import FastAPI, Request
-    from fastapi.encoders import jsonable_encoder
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.middleware.cors import CORSMiddleware
-    from fastapi.responses import JSONResponse, Response
-    from pydantic import BaseModel, ConfigDict, Field
-    from starlette.exceptions import HTTPException
-except ImportError:
-    raise NmtError(
-        "nmt serve needs FastAPI and uvicorn; install them with: pip install 'nmt[serve]'"
-    ) from None
+from nmt.serving.libretranslate import LibreTranslateRoutes, add_routes
+from nmt.serving.schema import (
+    MAX_LENGTH_PENALTY,
+    ErrorBody,
+    Health,
+    ModelList,
+    RequestError,
+    TranslateRequest,
+    TranslateResponse,
+)
 
 log = logging.getLogger("nmt")
-
-MAX_LENGTH_PENALTY = 5.0  # GNMT alpha; tuned values lie between 0.6 and 1.2
 
 
 @dataclass(frozen=True)
@@ -138,141 +146,6 @@ def _describe(name: str, path: Path, translator: Translator) -> dict[str, Any]:
     }
 
 
-# The JSON schemas (FastAPI publishes them at /openapi.json and /docs).
-
-
-class TranslateRequest(BaseModel):
-    # Strict: a number where text belongs is an error, not silently converted.
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    text: list[str] = Field(description="The sentences to translate.")
-    model: str | None = Field(
-        None, description="Which served model (see GET /models); required when several are."
-    )
-    beam_size: int | None = Field(
-        None,
-        ge=1,
-        description="Beam search with this beam (at most the server's max_beam_size) "
-        "[default: the model's decoding settings].",
-    )
-    nbest: int = Field(
-        1, ge=1, description="Translations per line, best first (needs beam search); adds nbest."
-    )
-    length_penalty: float | None = Field(
-        None,
-        ge=0,
-        le=MAX_LENGTH_PENALTY,
-        allow_inf_nan=False,
-        description="GNMT length penalty alpha (0: none) [default: the model's].",
-    )
-    scores: bool = Field(False, description="Add nbest: each translation with its scores.")
-    timeout: float | None = Field(
-        None,
-        gt=0,
-        allow_inf_nan=False,
-        description="Seconds this request may take, at most the server's timeout "
-        "[default: the server's]; over it the answer is 504.",
-    )
-    alignment: bool = Field(
-        False,
-        description="Add nbest with each target subword's most attended source subword, and "
-        "source_tokens.",
-    )
-
-
-class Hypothesis(BaseModel):
-    translation: str
-    score: float | None = Field(description="Sum of the token log-probabilities, EOS included.")
-    norm_score: float | None = Field(description="score / GNMT length penalty: the ranking.")
-    tokens: list[str] | None = Field(None, description="Target subwords (with alignment).")
-    alignment: list[int] | None = Field(
-        None, description="For each target subword, the source subword position it attends to."
-    )
-
-
-class TranslateResponse(BaseModel):
-    model: str
-    translations: list[str] = Field(description="One per input line, in input order.")
-    nbest: list[list[Hypothesis]] | None = None
-    source_tokens: list[list[str] | None] | None = Field(
-        None, description="Each line's source subwords (+ </s>), which alignments index."
-    )
-    truncated: list[int] | None = Field(
-        None,
-        description="The lines (0-based) longer than the model takes, translated from their "
-        "first tokens only; absent when none was.",
-    )
-
-
-class ModelInfo(BaseModel):
-    name: str
-    path: str
-    checkpoint: str
-    step: int | None
-    source_language: str
-    target_language: str
-    parameters: int
-    attention: dict[str, str] = Field(description="The mechanism at each attention site.")
-    decode: dict[str, Any] = Field(description="The decoding defaults (the run's recipe.yaml).")
-    device: str
-    precision: str
-
-
-class LimitsInfo(BaseModel):
-    max_lines: int
-    max_line_chars: int
-    max_request_chars: int
-    max_body_bytes: int
-    max_beam_size: int
-    max_length_penalty: float
-    timeout: float
-
-
-class ModelList(BaseModel):
-    models: list[ModelInfo]
-    limits: LimitsInfo
-
-
-class Health(BaseModel):
-    status: str
-    models: list[str]
-    in_flight: int = Field(description="/translate requests being answered.")
-    waiting_lines: int = Field(description="Lines queued, not yet decoding.")
-    batches: int = Field(description="Decode calls since the start.")
-    lines: int = Field(description="Lines decoded since the start.")
-    interleaved: int = Field(description="Decode calls made between the steps of a longer one.")
-    expired: int = Field(description="Requests answered 504: over their deadline.")
-    cancelled: int = Field(description="Requests dropped: their client went away.")
-
-
-class ErrorBody(BaseModel):
-    error: str
-    limit: str | None = Field(None, description="The limit the request went over.")
-    max: int | float | None = Field(None, description="That limit's value.")
-
-
-class RequestError(Exception):
-    """A request the server refuses: answered with `status` and an ErrorBody."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        limit: str | None = None,
-        maximum: float | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.limit, self.maximum = status, message, limit, maximum
-        self.headers = headers
-
-    def response(self) -> JSONResponse:
-        body = ErrorBody(error=self.message, limit=self.limit, max=self.maximum)
-        return JSONResponse(
-            body.model_dump(exclude_none=True), status_code=self.status, headers=self.headers
-        )
-
-
 class BodyLimit:
     """ASGI middleware: reads each request's body before the app does and refuses one over
     `max_bytes` with 413, and a JSON body that is not UTF-8, nests too deeply or holds a number
@@ -308,6 +181,7 @@ class BodyLimit:
             await error.response()(scope, receive, send)
             return
         body, replayed = b"".join(chunks), False
+        scope = {**scope, "nmt.body": body}  # for LibreTranslateRoutes
         problem = _json_problem(body) if _is_json(scope) else None
         if problem is not None:
             await RequestError(422, problem).response()(scope, receive, send)
@@ -677,6 +551,7 @@ def create_app(
         lifespan=lifespan,
     )
     # The last added runs first: CORS headers go on every answer, refusals included.
+    app.add_middleware(LibreTranslateRoutes)
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     app.add_middleware(CloseWhenStopping, service=service)
     if recorder is not None:
@@ -730,6 +605,8 @@ def create_app(
         """Translate lines; concurrent requests are decoded together, each gets its own."""
         service.authorize(raw)
         return await service.translate(request, raw.is_disconnected)
+
+    add_routes(app, service)
 
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:
