@@ -462,7 +462,7 @@ class Recorder:
         self.steps = 0  # steps taken by slow lines
         self.finished: list[str] = []  # lines, in the order their decode returned
 
-    def __call__(self, options: Options, lines: list[str]) -> list[list[Translation]]:
+    def __call__(self, options: Options, lines: list[str], *guides) -> list[list[Translation]]:
         self.calls.append((options, list(lines)))
         if self.fail_on in lines:
             raise RuntimeError("this line breaks the model")
@@ -787,3 +787,38 @@ def test_libretranslate_json_lists_alternatives_and_keys(trained_run, sources, o
             "/translate", json={"text": sources[:1]}, headers={"X-API-Key": "secret"}
         )
         assert ours.json()["translations"] == result["translatedText"][:1]
+
+
+def test_per_request_prefixes_constraints_lengths_and_sampling(trained_run, sources, offline):
+    lines = sources[:3]
+    with _client_for(trained_run) as client:
+
+        def ask(**body):
+            answer = client.post("/translate", json={"text": lines, **body})
+            assert answer.status_code == 200, answer.text
+            return answer.json()["translations"]
+
+        base = [best[0].text for best in offline(lines)]
+        prefixes = [" ".join(t.split()[:2]) for t in base]
+        with_prefix = ask(prefixes=prefixes)
+        assert all(t.startswith(p) for t, p in zip(with_prefix, prefixes))
+        word = base[0].split()[-1]
+        constrained = ask(constraints=[[word], [], [word]])
+        assert word in constrained[0] and word in constrained[2]
+        short = ask(max_len_a=0.0, max_len_b=2)
+        assert short == [best[0].text for best in offline(lines, max_len_a=0.0, max_len_b=2)]
+        assert all(len(s) < len(b) for s, b in zip(short, base))
+        sampled = ask(method="sample", temperature=1.5, seed=7)
+        assert sampled == ask(method="sample", temperature=1.5, seed=7)  # reproducible
+        wanted = offline(lines, method="sample", temperature=1.5, sampling_seed=7)
+        assert sampled == [best[0].text for best in wanted]
+        for body, fragment in (
+            ({"method": "sample", "temperature": 0.0}, "decode.temperature"),
+            ({"top_p": 2.0}, "decode.top_p"),
+            ({"method": "greedy", "constraints": [["x"], [], []]}, "constraints need beam"),
+            ({"prefixes": ["Ein"]}, "prefixes has 1 entries for 3 lines"),
+            ({"method": "Beam"}, "method"),
+        ):
+            refused = client.post("/translate", json={"text": lines, **body})
+            assert refused.status_code == 422, (body, refused.text)
+            assert fragment in refused.json()["error"], refused.json()

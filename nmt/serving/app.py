@@ -57,6 +57,7 @@ from nmt.serving.batcher import (
 )
 from nmt.serving.libretranslate import LibreTranslateRoutes, add_routes
 from nmt.serving.schema import (
+    DECODE_FIELDS,
     MAX_LENGTH_PENALTY,
     ErrorBody,
     Health,
@@ -339,15 +340,21 @@ class Service:
             tokens, pieces = await asyncio.to_thread(
                 _measure, model.translator.src_tok, request.text, request.alignment
             )
-            options = Options(
-                request.beam_size, request.length_penalty, request.nbest, request.alignment
-            )
+            options = _options(request)
             budget = self.batching.batch_tokens or model.translator.decode.batch_tokens
             decode = partial(decode_with, model.translator)
             waiting = asyncio.ensure_future(
                 self.scheduler.submit(
-                    model.name, decode, budget, request.text, tokens, options, timeout
-                )
+                    model.name,
+                    decode,
+                    budget,
+                    request.text,
+                    tokens,
+                    options,
+                    timeout,
+                    request.prefixes,
+                    request.constraints,
+                )  # fmt: skip
             )
             results = await self._wait(waiting, gone, timeout)
         response: dict[str, Any] = {
@@ -388,6 +395,8 @@ class Service:
             raise RequestError(
                 504, f"the translation took longer than its deadline ({timeout:g} s)"
             ) from None
+        except NmtError as e:  # what the request asked for cannot be decoded
+            raise RequestError(422, str(e)) from None
         except (RequestError, asyncio.CancelledError):
             waiting.cancel()
             raise
@@ -459,13 +468,33 @@ class Service:
                     "max_beam_size",
                     limits.max_beam_size,
                 )
-        method = "beam" if request.beam_size is not None else model.translator.decode.method
+        try:
+            method = _options(request).decode_config(model.translator.decode).method
+        except NmtError as e:
+            raise RequestError(422, str(e)) from None
         if request.nbest > 1 and method != "beam":
             raise RequestError(
                 422,
                 f"nbest > 1 needs beam search, and model '{model.name}' decodes with {method} "
                 "search; give beam_size too",
             )
+        for name in ("prefixes", "constraints"):
+            given = getattr(request, name)
+            if given is not None and len(given) != len(request.text):
+                raise RequestError(
+                    422, f"{name} has {len(given)} entries for {len(request.text)} lines"
+                )
+
+
+def _options(request: TranslateRequest) -> Options:
+    settings = tuple(
+        (decode_name, getattr(request, field))
+        for field, decode_name in DECODE_FIELDS.items()
+        if getattr(request, field) is not None
+    )
+    return Options(
+        request.beam_size, request.length_penalty, request.nbest, request.alignment, settings
+    )
 
 
 def _measure(

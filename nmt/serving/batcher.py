@@ -22,7 +22,6 @@ with `Overloaded`, which says after how many seconds the queue should have room.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import threading
@@ -32,6 +31,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from nmt import config
+from nmt.config import DecodeConfig
 from nmt.decoding.records import Translation
 from nmt.decoding.search import between_steps
 from nmt.decoding.translator import Translator
@@ -67,32 +68,55 @@ class Batching:
 
 @dataclass(frozen=True)
 class Options:
-    """A request's decoding options (None: the model's own setting). Requests are decoded
-    together only when their options are equal."""
+    """A request's decoding options (None: the model's own setting); `settings` are other keys
+    of the recipe's decode section, as (name, value) pairs. Requests are decoded together only
+    when their options are equal, and a request that gives a sampling seed alone (its samples
+    then do not depend on what else was decoded with it)."""
 
     beam_size: int | None = None
     length_penalty: float | None = None
     nbest: int = 1
     alignment: bool = False
+    settings: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def alone(self) -> bool:
+        return any(name == "sampling_seed" for name, _ in self.settings)
+
+    def decode_config(self, decode: DecodeConfig) -> DecodeConfig:
+        """`decode` with these options, validated as a recipe's decode section is."""
+        changes: dict[str, Any] = dict(self.settings)
+        if self.beam_size is not None:
+            changes.update(method="beam", beam_size=self.beam_size)
+        if self.length_penalty is not None:
+            changes["length_penalty"] = self.length_penalty
+        return config.override_decode(decode, **changes) if changes else decode
 
 
 def decode_with(
-    translator: Translator, options: Options, lines: list[str]
+    translator: Translator,
+    options: Options,
+    lines: list[str],
+    prefixes: list[str] | None = None,
+    constraints: list[list[str]] | None = None,
 ) -> list[list[Translation]]:
-    """`translator.translate_nbest(lines)` with a request's options. Not thread-safe: call it
-    from one thread at a time."""
-    changes: dict[str, Any] = {}
-    if options.beam_size is not None:
-        changes.update(method="beam", beam_size=options.beam_size)
-    if options.length_penalty is not None:
-        changes["length_penalty"] = options.length_penalty
-    decode = dataclasses.replace(translator.decode, **changes) if changes else None
+    """`translator.translate_nbest(lines)` with a request's options, target prefixes and
+    constraints (one per line, or None). Not thread-safe: call it from one thread at a time."""
+    decode = options.decode_config(translator.decode)
+    generator = getattr(translator.engine, "generator", None)
+    if options.alone and generator is not None:
+        generator.manual_seed(decode.sampling_seed)
     return translator.translate_nbest(
-        lines, options.nbest, alignment=options.alignment, decode=decode
+        lines,
+        options.nbest,
+        alignment=options.alignment,
+        prefixes=prefixes,
+        constraints=constraints,
+        decode=decode,
     )
 
 
-DecodeFn = Callable[[Options, list[str]], list[list[Translation]]]
+DecodeFn = Callable[..., list[list[Translation]]]
 
 
 class DeadlineExceeded(Exception):
@@ -122,6 +146,8 @@ class _Job:
     deadline: float  # time.monotonic()
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
+    prefixes: list[str] | None = None  # one per line
+    constraints: list[list[str]] | None = None  # one list per line
     arrived: float = field(default_factory=time.monotonic)
     cancelled: bool = False  # the client went away
 
@@ -186,13 +212,16 @@ class Scheduler:
         tokens: int,
         options: Options,
         timeout: float,
+        prefixes: list[str] | None = None,
+        constraints: list[list[str]] | None = None,
     ) -> list[list[Translation]]:
-        """Queue `lines` (`tokens` source tokens) and wait for their translations; raises
-        Overloaded when the queue has no room, DeadlineExceeded after `timeout` seconds.
-        Cancelling the caller drops the request."""
+        """Queue `lines` (`tokens` source tokens; target `prefixes` and `constraints` per line,
+        or None) and wait for their translations; raises Overloaded when the queue has no room,
+        DeadlineExceeded after `timeout` seconds. Cancelling the caller drops the request."""
         loop = asyncio.get_running_loop()
         job = _Job(model, decode, batch_tokens, lines, tokens, options,
-                   time.monotonic() + timeout, loop, loop.create_future())  # fmt: skip
+                   time.monotonic() + timeout, loop, loop.create_future(),
+                   prefixes, constraints)  # fmt: skip
         with self._cond:
             waiting = sum(len(j.lines) for j in self._pending)
             # An empty queue takes any request: one larger than the queue would never fit.
@@ -277,10 +306,11 @@ class Scheduler:
             job.answer(error=DeadlineExceeded())
 
     def _decode(self, jobs: list[_Job]) -> None:
-        groups: dict[tuple[str, Options], list[_Job]] = {}
+        groups: dict[tuple, list[_Job]] = {}
         for job in jobs:
-            groups.setdefault((job.model, job.options), []).append(job)
-        for (_, options), group in groups.items():
+            key = (job.model, job.options, id(job) if job.options.alone else None)
+            groups.setdefault(key, []).append(job)
+        for (_, options, _), group in groups.items():
             self._decode_group(options, group)
 
     def _decode_group(self, options: Options, group: list[_Job]) -> None:
@@ -292,11 +322,16 @@ class Scheduler:
         if not wanted:
             return
         lines = [line for job in wanted for line in job.lines]
+        prefixes = constraints = None
+        if any(job.prefixes for job in wanted):
+            prefixes = [p for job in wanted for p in job.prefixes or [""] * len(job.lines)]
+        if any(job.constraints for job in wanted):
+            constraints = [c for job in wanted for c in job.constraints or [[]] * len(job.lines)]
         hook = None if self._nested else partial(self._between_steps, wanted)
         started = time.monotonic()
         try:
             with between_steps(hook):
-                results = wanted[0].decode(options, lines)
+                results = wanted[0].decode(options, lines, prefixes, constraints)
         except _Gone:
             return
         except Exception as e:
@@ -306,7 +341,8 @@ class Scheduler:
                 for job in wanted:
                     self._decode_group(options, [job])
                 return
-            log.exception("decoding failed")
+            if not isinstance(e, NmtError):  # an NmtError is the request's fault: no traceback
+                log.exception("decoding failed")
             wanted[0].answer(error=e)
             return
         elapsed = time.monotonic() - started

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +52,46 @@ class TranslateRequest(BaseModel):
         description="Add nbest with each target subword's most attended source subword, and "
         "source_tokens.",
     )
+    # The rest of what `nmt translate` offers; checked as the recipe's decode keys are.
+    method: Literal["beam", "greedy", "sample"] | None = Field(
+        None, description="beam, greedy or sample [default: the model's]."
+    )
+    max_len_a: float | None = Field(
+        None, allow_inf_nan=False, description="Output limit a x source length + b: a."
+    )
+    max_len_b: int | None = Field(None, description="Output limit a x source length + b: b.")
+    min_len: int | None = Field(None, description="Fewest output tokens before EOS.")
+    no_repeat_ngram: int | None = Field(None, description="Never repeat an n-gram of this size.")
+    temperature: float | None = Field(None, allow_inf_nan=False, description="Sampling.")
+    top_k: int | None = Field(None, description="Sampling: only the k most likely tokens.")
+    top_p: float | None = Field(None, allow_inf_nan=False, description="Sampling: nucleus p.")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**63,
+        description="Sampling seed: the same request with the same seed gets the same samples.",
+    )
+    prefixes: list[str] | None = Field(
+        None, description='One target prefix per line ("" for none) that it must continue.'
+    )
+    constraints: list[list[str]] | None = Field(
+        None,
+        description="Per line, target phrases its translation must contain (beam search).",
+    )
+
+
+# TranslateRequest fields that are keys of the recipe's decode section, by their decode name.
+DECODE_FIELDS = {
+    "method": "method",
+    "max_len_a": "max_len_a",
+    "max_len_b": "max_len_b",
+    "min_len": "min_len",
+    "no_repeat_ngram": "no_repeat_ngram",
+    "temperature": "temperature",
+    "top_k": "top_k",
+    "top_p": "top_p",
+    "seed": "sampling_seed",
+}
 
 
 class Hypothesis(BaseModel):
