@@ -4,14 +4,17 @@ the batcher on its own (no server) with a recording stand-in for the model."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -822,3 +825,41 @@ def test_per_request_prefixes_constraints_lengths_and_sampling(trained_run, sour
             refused = client.post("/translate", json={"text": lines, **body})
             assert refused.status_code == 422, (body, refused.text)
             assert fragment in refused.json()["error"], refused.json()
+
+
+# -- the web page, in a real browser ----------------------------------------------------------
+
+
+def _browser() -> str | None:
+    names = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+    return next((path for name in names if (path := shutil.which(name))), None)
+
+
+def test_web_page_translates_in_a_real_browser(server, sources, offline, tmp_path):
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    lines = sources[:2]
+    # The page fills its text box from ?text= and translates at once with auto=1.
+    url = f"{server}/?" + urllib.parse.urlencode({"text": "\n".join(lines), "auto": "1"})
+    headless = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                "--virtual-time-budget=20000", f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
+    dom = subprocess.run(
+        [*headless, "--dump-dom", url], capture_output=True, text=True, timeout=TIMEOUT
+    ).stdout
+    for best in offline(lines):
+        assert f'class="translation">{html.escape(best[0].text, quote=False)}' in dom, dom[-2000:]
+    assert dom.count('<table class="heatmap"') == 2  # the attention of each line
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [*headless, "--window-size=1000,800", f"--screenshot={shot}", url],
+        capture_output=True,
+        timeout=TIMEOUT,
+    )
+    from matplotlib import image
+
+    rgb = image.imread(shot)[..., :3]
+    assert rgb.shape[:2] == (800, 1000)
+    assert rgb.std() > 0.05  # not blank: text, boxes and cells on the white page
+    heat = (rgb[..., 2] - rgb[..., 0]) > 0.03  # the heatmap's blue cells
+    assert heat.mean() > 0.002, heat.mean()

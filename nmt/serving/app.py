@@ -35,7 +35,7 @@ try:
     from fastapi.encoders import jsonable_encoder
     from fastapi.exceptions import RequestValidationError
     from fastapi.middleware.cors import CORSMiddleware
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.exceptions import HTTPException
 except ImportError:
     raise NmtError(
@@ -338,7 +338,10 @@ class Service:
             # Off the event loop (SentencePiece encodes from any thread): a large request takes
             # some milliseconds.
             tokens, pieces = await asyncio.to_thread(
-                _measure, model.translator.src_tok, request.text, request.alignment
+                _measure,
+                model.translator.src_tok,
+                request.text,
+                request.alignment or request.attention,
             )
             options = _options(request)
             budget = self.batching.batch_tokens or model.translator.decode.batch_tokens
@@ -364,9 +367,9 @@ class Service:
         cut = [i for i, best in enumerate(results) if best[0].truncated]
         if cut:
             response["truncated"] = cut
-        if request.nbest > 1 or request.scores or request.alignment:
+        if request.nbest > 1 or request.scores or request.alignment or request.attention:
             response["nbest"] = [[_hypothesis(t) for t in best] for best in results]
-        if request.alignment:
+        if request.alignment or request.attention:
             response["source_tokens"] = pieces or []
         return response
 
@@ -493,7 +496,12 @@ def _options(request: TranslateRequest) -> Options:
         if getattr(request, field) is not None
     )
     return Options(
-        request.beam_size, request.length_penalty, request.nbest, request.alignment, settings
+        request.beam_size,
+        request.length_penalty,
+        request.nbest,
+        request.alignment,
+        settings,
+        request.attention,
     )
 
 
@@ -510,6 +518,9 @@ def _measure(
 
 def _hypothesis(t: Translation) -> dict[str, Any]:
     record = t.as_dict()
+    if t.attention is not None:
+        record["tokens"] = t.pieces
+        record["attention"] = [[round(w, 4) for w in row] for row in t.attention]
     for key in ("score", "norm_score"):
         # JSON has no infinity (a search that finished no hypothesis scores -inf).
         if not math.isfinite(record[key]):
@@ -636,6 +647,12 @@ def create_app(
         return await service.translate(request, raw.is_disconnected)
 
     add_routes(app, service)
+    page = (Path(__file__).parent / "page.html").read_text(encoding="utf-8")
+
+    @app.get("/", include_in_schema=False)
+    async def web_page() -> HTMLResponse:
+        """A page to translate from a browser (nmt/serving/page.html)."""
+        return HTMLResponse(page)
 
     @app.get("/health", response_model=Health)
     async def health() -> dict[str, Any]:

@@ -78,6 +78,7 @@ class Options:
     nbest: int = 1
     alignment: bool = False
     settings: tuple[tuple[str, Any], ...] = ()
+    attention: bool = False
 
     @property
     def alone(self) -> bool:
@@ -110,6 +111,7 @@ def decode_with(
         lines,
         options.nbest,
         alignment=options.alignment,
+        attention=options.attention,
         prefixes=prefixes,
         constraints=constraints,
         decode=decode,

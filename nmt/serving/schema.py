@@ -52,6 +52,11 @@ class TranslateRequest(BaseModel):
         description="Add nbest with each target subword's most attended source subword, and "
         "source_tokens.",
     )
+    attention: bool = Field(
+        False,
+        description="Add nbest with each translation's cross-attention weights (target x "
+        "source subwords, for a heatmap), its tokens, and source_tokens.",
+    )
     # The rest of what `nmt translate` offers; checked as the recipe's decode keys are.
     method: Literal["beam", "greedy", "sample"] | None = Field(
         None, description="beam, greedy or sample [default: the model's]."
@@ -101,6 +106,9 @@ class Hypothesis(BaseModel):
     tokens: list[str] | None = Field(None, description="Target subwords (with alignment).")
     alignment: list[int] | None = Field(
         None, description="For each target subword, the source subword position it attends to."
+    )
+    attention: list[list[float]] | None = Field(
+        None, description="With attention: the weights, target subwords x source subwords."
     )
 
 
