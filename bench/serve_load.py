@@ -5,7 +5,7 @@ with offline translation of the same lines.
         --clients 1,8,32 --modes batching,no-batching
 
 Offline is `Translator.translate` over all the lines (what `nmt translate` runs: length-sorted
-batches of decode.batch_tokens), timed after loading. Each mode then starts its own server
+batches of decode.batch_tokens), timed after loading; its passes alternate with the served ones. Each mode then starts its own server
 (`python -m nmt serve`, same device and threads), warms it up, and for each client count
 sends every line once: each client posts `--lines-per-request` lines and waits for the answer
 before it sends the next (keep-alive HTTP/1.1 written by hand, so the clients cost little CPU).
@@ -205,26 +205,29 @@ def _server(args: argparse.Namespace, mode: str, log: Path) -> Iterator[int]:
             proc.wait(timeout=60)
 
 
-def _offline(args: argparse.Namespace, lines: list[str]) -> tuple[float, list[str]]:
-    import torch
+class _Offline:
+    """Offline translation in this process, timed a pass at a time (between served passes)."""
 
-    from nmt.decoding.translator import Translator
+    def __init__(self, args: argparse.Namespace, lines: list[str]) -> None:
+        import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    translator = Translator.load(args.run, device=args.device)
-    translator.translate(lines[:32])  # warm-up
-    seconds, outputs = [], []
-    for _ in range(args.repeats):
+        from nmt.decoding.translator import Translator
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.translator = Translator.load(args.run, device=args.device)
+        self.translator.translate(lines[:32])  # warm-up
+        self.lines, self.seconds, self.outputs = lines, [], []
+        print(
+            f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} threads, torch {torch.__version__}, {args.run}, "
+            f"{len(lines)} lines of {args.input}, decode {self.translator.decode}"
+        )
+
+    def run(self) -> None:
         start = time.perf_counter()
-        outputs = translator.translate(lines)
-        seconds.append(time.perf_counter() - start)
-    print(
-        f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {args.run}, "
-        f"{len(lines)} lines of {args.input}, decode {translator.decode}"
-    )
-    return statistics.median(seconds), outputs
+        self.outputs = self.translator.translate(self.lines)
+        self.seconds.append(time.perf_counter() - start)
 
 
 def _row(
@@ -259,49 +262,54 @@ def main() -> None:
     if any(m not in ("batching", "no-batching") for m in modes):
         sys.exit("--modes takes batching and/or no-batching")
 
-    offline_seconds, offline = _offline(args, lines)
-    offline_per_s = len(lines) / offline_seconds
-    print("| setting | clients | sentences/s | p50 ms | p95 ms | of offline | same as offline |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    print(_row("offline `Translator.translate`", "-", offline_per_s, offline_per_s))
-    figures: list[dict] = [{"setting": "offline", "sentences_per_s": offline_per_s}]
+    offline = _Offline(args, lines)
+    served: dict[tuple[str, int], list[dict]] = {}
     with tempfile.TemporaryDirectory() as folder:
         for mode in modes:
             with _server(args, mode, Path(folder) / f"{mode}.log") as port:
                 asyncio.run(_pass(port, lines[:64], 8, args.lines_per_request))  # warm-up
-                for n in clients:
-                    passes = [
-                        asyncio.run(_pass(port, lines, n, args.lines_per_request))
-                        for _ in range(args.repeats)
-                    ]
-                    run = sorted(passes, key=lambda p: p["seconds"])[len(passes) // 2]
-                    per_s = len(lines) / run["seconds"]
-                    ms = sorted(1000 * s for s in run["latencies"])
-                    p50, p95 = statistics.median(ms), ms[min(len(ms) - 1, int(0.95 * len(ms)))]
-                    same = sum(a == b for a, b in zip(run["outputs"], offline))
-                    print(
-                        _row(
-                            f"`nmt serve` {mode}",
-                            str(n),
-                            per_s,
-                            offline_per_s,
-                            f"{p50:.0f}",
-                            f"{p95:.0f}",
-                            f"{same}/{len(lines)}",
-                        )
-                    )
-                    sys.stdout.flush()
-                    figures.append(
-                        {
-                            "setting": mode,
-                            "clients": n,
-                            "sentences_per_s": per_s,
-                            "p50_ms": p50,
-                            "p95_ms": p95,
-                            "same_as_offline": same,
-                            "seconds": [p["seconds"] for p in passes],
-                        }
-                    )
+                # Offline and served passes alternate, so that a slower minute of a shared
+                # machine falls on both.
+                for _ in range(args.repeats):
+                    offline.run()
+                    for n in clients:
+                        run = asyncio.run(_pass(port, lines, n, args.lines_per_request))
+                        served.setdefault((mode, n), []).append(run)
+    offline_per_s = len(lines) / statistics.median(offline.seconds)
+    print("| setting | clients | sentences/s | p50 ms | p95 ms | of offline | same as offline |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print(_row("offline `Translator.translate`", "-", offline_per_s, offline_per_s))
+    figures: list[dict] = [
+        {"setting": "offline", "sentences_per_s": offline_per_s, "seconds": offline.seconds}
+    ]
+    for (mode, n), passes in served.items():
+        run = sorted(passes, key=lambda p: p["seconds"])[len(passes) // 2]
+        per_s = len(lines) / run["seconds"]
+        ms = sorted(1000 * s for s in run["latencies"])
+        p50, p95 = statistics.median(ms), ms[min(len(ms) - 1, int(0.95 * len(ms)))]
+        same = sum(a == b for a, b in zip(run["outputs"], offline.outputs))
+        print(
+            _row(
+                f"`nmt serve` {mode}",
+                str(n),
+                per_s,
+                offline_per_s,
+                f"{p50:.0f}",
+                f"{p95:.0f}",
+                f"{same}/{len(lines)}",
+            )
+        )
+        figures.append(
+            {
+                "setting": mode,
+                "clients": n,
+                "sentences_per_s": per_s,
+                "p50_ms": p50,
+                "p95_ms": p95,
+                "same_as_offline": same,
+                "seconds": [p["seconds"] for p in passes],
+            }
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
 
