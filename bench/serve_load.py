@@ -15,8 +15,9 @@ is the median pass of `--repeats`. The clients run on the same machine as the se
 2-core machine they take some of its CPU, which offline translation does not pay.
 
 `--mixed` measures fairness instead: 31 clients each send one line at a time (`--limit` lines
-in all), first alone, then while a 32nd client keeps sending maximal requests (256 lines of
-2,000 characters, beam 16, 16-best, alignments: what the default limits allow); it reports the
+in all), first alone, then while a 32nd client keeps sending the largest requests the server's
+limits allow (by default 50 lines of 2,000 characters, the 100,000-character cap; beam 16,
+16-best, alignments); it reports the
 one-line clients' p50 and p99 latency in both passes and their ratio (alternating passes,
 median of `--repeats`).
 
@@ -88,12 +89,19 @@ async def _pass(port: int, lines: list[str], clients: int, per: int) -> dict:
 
 
 async def _heavy(port: int, lines: list[str], stop: asyncio.Event, out: dict) -> None:
-    """Maximal requests, one after another, until `stop`; hangs up on the one in flight."""
+    """The largest requests the server's limits allow (GET /models), one after another, until
+    `stop`; hangs up on the one in flight."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    limits = json.loads((await _request(reader, writer, "GET", "/models"))[1])["limits"]
+    writer.close()
+    size = limits["max_line_chars"]
+    count = min(limits["max_lines"], limits.get("max_request_chars", 10**9) // size)
     text = " ".join(lines)
-    line = (text * (2000 // max(1, len(text)) + 1))[:2000]
-    body = json.dumps(
-        {"text": [line] * 256, "beam_size": 16, "nbest": 16, "alignment": True}
-    ).encode()
+    line = (text * (size // max(1, len(text)) + 1))[:size]
+    beam = limits["max_beam_size"]
+    request_body = {"text": [line] * count, "beam_size": beam, "nbest": beam, "alignment": True}
+    body = json.dumps(request_body).encode()
+    out["heavy"] = f"{count} lines of {size} characters, beam {beam}, {beam}-best, alignment"
     while not stop.is_set():
         reader, writer = await asyncio.open_connection(HOST, port)
         try:
@@ -101,6 +109,9 @@ async def _heavy(port: int, lines: list[str], stop: asyncio.Event, out: dict) ->
             waiting = asyncio.ensure_future(stop.wait())
             await asyncio.wait({request, waiting}, return_when=asyncio.FIRST_COMPLETED)
             if request.done():
+                status, answer = request.result()
+                if status != 200:
+                    raise RuntimeError(f"the heavy request got HTTP {status}: {answer[:200]!r}")
                 out["heavy_answers"] = out.get("heavy_answers", 0) + 1
             request.cancel()
             waiting.cancel()
@@ -138,6 +149,8 @@ def _mixed(args: argparse.Namespace, lines: list[str]) -> None:
             for _ in range(args.repeats):
                 for heavy in (False, True):
                     run = asyncio.run(_mixed_pass(port, lines, heavy))
+                    if heavy:
+                        print(f"# heavy client: {run['heavy']}")
                     ms = sorted(1000 * s for s in run["latencies"])
                     rows[heavy].append(
                         {

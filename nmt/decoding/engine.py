@@ -16,7 +16,7 @@ from nmt.config import DecodeConfig
 from nmt.data.batches import batches_by_size, pad_sequences
 from nmt.data.tokenizer import BOS, EOS
 from nmt.decoding.records import ReferenceScore
-from nmt.decoding.search import Guide, Hypothesis, search
+from nmt.decoding.search import Guide, Hypothesis, pause, search
 from nmt.models.base import EncoderDecoder
 from nmt.utils.device import Precision, autocast
 
@@ -86,6 +86,7 @@ class TorchEngine:
         # batch 64, Multi30k: 339 MiB at 256 positions, 319 at 64, 316 without re-scoring).
         tokens = min(decode.batch_tokens, SCORE_TOKENS)
         for batch in batches_by_size(order, sizes, tokens, decode.batch_size):
+            pause()  # a point where a server may decode other requests (search.between_steps)
             src = pad_sequences([torch.tensor(ids[i]) for i in batch], None, EOS)
             targets = [refs[i] + [EOS] for i in batch]
             tgt = pad_sequences([torch.tensor(t) for t in targets], BOS, None)

@@ -26,7 +26,7 @@ from nmt.decoding.ct2 import CTranslate2Engine
 from nmt.decoding.engine import TorchEngine
 from nmt.decoding.lines import in_step
 from nmt.decoding.records import ReferenceScore, Request, Translation
-from nmt.decoding.search import Guide, Hypothesis, length_penalty
+from nmt.decoding.search import Guide, Hypothesis, length_penalty, pause
 from nmt.errors import NmtError
 from nmt.models.base import count_parameters
 from nmt.models.builder import load_model
@@ -201,6 +201,7 @@ class Translator:
         for b, hyps, texts in zip(done, hyp_lists, text_lists):
             weights: list = [None] * len(hyps)
             if alignment or attention:
+                pause()  # a point where a server may decode other requests
                 weights = self.engine.cross_attention(ids[b], [h.tokens for h in hyps])
             outputs[todo[b]] = [
                 Translation(

@@ -360,7 +360,9 @@ class Scheduler:
 
     def _between_steps(self, group: list[_Job]) -> None:
         """Between two steps of `group`'s search: give up if none of its requests is wanted,
-        else decode the short requests waiting."""
+        else, if the group holds a long request, decode the short requests that have waited
+        max_wait_ms (a batch of short ones runs to its end: breaking into it would only make
+        more, smaller batches)."""
         now = time.monotonic()
         if all(job.cancelled or job.expired(now) for job in group):
             for job in group:
@@ -368,6 +370,10 @@ class Scheduler:
             raise _Gone()
         if not self._pending:  # read without the lock: a stale answer costs one step
             return
+        if all(job.tokens <= self.batching.short_tokens for job in group):
+            return
+        if now - self._pending[0].arrived < self.batching.max_wait_ms / 1000:
+            return  # let company gather
         with self._cond:
             short = self._take(None, short_only=True)
         if not short:
