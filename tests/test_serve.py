@@ -863,3 +863,18 @@ def test_web_page_translates_in_a_real_browser(server, sources, offline, tmp_pat
     assert rgb.std() > 0.05  # not blank: text, boxes and cells on the white page
     heat = (rgb[..., 2] - rgb[..., 0]) > 0.03  # the heatmap's blue cells
     assert heat.mean() > 0.002, heat.mean()
+
+
+def test_rate_limiter_forgets_idle_clients(monkeypatch):
+    from nmt.serving import access
+
+    clock = [1000.0]
+    monkeypatch.setattr(access.time, "monotonic", lambda: clock[0])
+    limiter = access.RateLimiter(2)
+    assert limiter.take("a") is None and limiter.take("a") is None
+    assert limiter.take("a") == 30  # one request every 30 s
+    for i in range(10_001):
+        limiter.take(f"scanner {i}")
+    clock[0] += 61.0  # everyone's bucket is full again
+    limiter.take("b")
+    assert len(limiter._buckets) <= 2 and limiter.take("a") is None

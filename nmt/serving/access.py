@@ -75,6 +75,8 @@ class RateLimiter:
         now = time.monotonic()
         rate = self.per_minute / 60.0
         with self._lock:
+            if len(self._buckets) > 10_000:  # many clients seen: forget the idle ones
+                self._forget_full(now)
             bucket = self._buckets.setdefault(identity, _Bucket(float(self.per_minute), now))
             bucket.tokens = min(self.per_minute, bucket.tokens + (now - bucket.updated) * rate)
             bucket.updated = now
@@ -82,6 +84,12 @@ class RateLimiter:
                 bucket.tokens -= 1.0
                 return None
             return max(1, math.ceil((1.0 - bucket.tokens) / rate))
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the buckets that have refilled since their last use: a full bucket is what a
+        client never seen gets, so forgetting it changes nothing."""
+        refill = 60.0  # seconds for an empty bucket to fill again (per_minute a minute)
+        self._buckets = {k: b for k, b in self._buckets.items() if now - b.updated < refill}
 
 
 @dataclass
