@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
+from pydantic import ValidationError
 
 from nmt.serving.schema import RequestError, TranslateRequest
 
@@ -121,34 +122,40 @@ def add_routes(app: FastAPI, service: Any) -> None:
 
     async def translate(raw: Request) -> dict[str, Any]:
         fields = await read_fields(raw)
-        q, source = fields.get("q"), str(fields.get("source") or "auto")
-        target = fields.get("target")
+        q, source, target = fields.get("q"), fields.get("source") or "auto", fields.get("target")
         if q is None:
             raise RequestError(400, "Invalid request: missing q parameter")
         if not target:
             raise RequestError(400, "Invalid request: missing target parameter")
+        if not isinstance(source, str) or not isinstance(target, str):
+            raise RequestError(400, "Invalid request: source and target must be language codes")
         if str(fields.get("format") or "text") != "text":
             raise RequestError(400, "only format 'text' is supported (HTML tags would be lost)")
-        service.authorize(raw, fields.get("api_key") or None)
+        key = fields.get("api_key") or None
+        service.authorize(raw, key if isinstance(key, str) else "")
         one = isinstance(q, str)
         lines = [q] if one else q
         if not isinstance(lines, list) or not all(isinstance(x, str) for x in lines):
             raise RequestError(400, "Invalid request: q must be a string or a list of strings")
-        model = _model_for(service, source, str(target))
-        try:
-            alternatives = int(fields.get("alternatives") or 0)
-        except (TypeError, ValueError):
-            raise RequestError(400, "alternatives must be a whole number") from None
+        model = _model_for(service, source, target)
+        alternatives = fields.get("alternatives") or 0
+        if isinstance(alternatives, str) and alternatives.isdecimal():
+            alternatives = int(alternatives)  # a form sends text
+        if isinstance(alternatives, bool) or not isinstance(alternatives, int) or alternatives < 0:
+            raise RequestError(400, "alternatives must be a whole number, 0 or more")
         beam = None
         if alternatives > 0 and model.translator.decode.method != "beam":
             beam = alternatives + 1
-        request = TranslateRequest(
-            text=[line.replace("\n", " ") for line in lines],
-            model=model.name,
-            nbest=alternatives + 1,
-            beam_size=beam,
-            scores=alternatives > 0,
-        )
+        try:
+            request = TranslateRequest(
+                text=[line.replace("\n", " ") for line in lines],
+                model=model.name,
+                nbest=alternatives + 1,
+                beam_size=beam,
+                scores=alternatives > 0,
+            )
+        except ValidationError as e:
+            raise RequestError(400, f"Invalid request: {e.errors()[0]['msg']}") from None
         answer = await service.translate(request, raw.is_disconnected)
         texts = answer["translations"]
         response: dict[str, Any] = {"translatedText": texts[0] if one else texts}
