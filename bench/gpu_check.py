@@ -14,8 +14,16 @@ runs out of time is recorded, and the next part runs):
     quality      the Multi30k en-de recipe trained to its end in bf16, translated, scored
     decoding     greedy and beam 5 on test_2016_flickr in fp32, bf16 and fp16
     throughput   training tokens/s, peak memory and model-FLOPs utilisation: Transformer-base
-                 and the Multi30k recipe's model, bf16, torch.compile off and on
+                 and the Multi30k recipe's model, bf16, torch.compile off and on; and the peer,
+                 Hugging Face's MarianMT at the same sizes trained by a plain PyTorch loop on
+                 the same token batches (needs transformers: carry its wheels, see below)
     nccl         `torchrun --nproc_per_node=1 -m nmt train` through one validation
+
+The peer row needs transformers, which the GPU machine lacks: put its wheels (and those of
+its dependencies the machine lacks) in a git-ignored folder for the device's Python and carry
+it, e.g. `pip download -d .wheels transformers safetensors tokenizers` here, then on the GPU
+machine `pip install --no-index --find-links .wheels transformers` before this script (about
+20 MB; without them the row records the ImportError).
 
 `report.json` and `report.md` go into --out. `--smoke` runs every part on the CPU at tiny
 sizes in under a minute (the test suite does, so the check keeps working as the code changes).
@@ -213,8 +221,17 @@ def part_throughput(ctx: dict) -> dict:
         models = {"transformer_base": base, "multi30k_recipe": []}
         sizes, compiles, precision = [8192, 25000], [False, True], "bf16"
     rows = []
-    # Eager rows of both models first: compiling is slow to start, and the part may run out of time.
-    for compiled in compiles:
+    # Eager rows of both models and the peer first: compiling is slow to start, and the part
+    # may run out of time.
+    for name, model_overrides in models.items():
+        for max_tokens in sizes:
+            shape = [f"train.max_tokens={max_tokens}", f"train.precision={precision}"]
+            rows.append(_measure_training(ctx, name, model_overrides + shape, 3 if smoke else 20))
+            _partial(ctx, "throughput", {"rows": rows})
+            rows.append(_measure_peer(ctx, name, model_overrides + shape, 3 if smoke else 20))
+            _partial(ctx, "throughput", {"rows": rows})
+            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    for compiled in [c for c in compiles if c]:
         for name, model_overrides in models.items():
             for max_tokens in sizes:
                 rows.append(
@@ -306,6 +323,121 @@ def _measure_training(ctx: dict, name: str, overrides: list[str], steps: int) ->
             row["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
         del run, trainer
     except Exception as e:  # one configuration failing (out of memory, say) is a result
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return row
+
+
+def _measure_peer(ctx: dict, name: str, overrides: list[str], steps: int) -> dict:
+    """The peer row: transformers' MarianMTModel with our model's sizes (post-norm, its own
+    layout; the same vocabulary, embeddings tied, relu), trained with a plain loop (AdamW,
+    fused on CUDA; clipping at 1.0; autocast in the trainer's precision) on the same token
+    batches as ours, timed as `_measure_training` times ours."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nmt import config
+    from nmt.data.tokenizer import BOS, EOS, PAD
+    from nmt.training.distributed import World
+    from nmt.training.run import Run
+    from nmt.utils.device import autocast, resolve_device
+
+    row = {"model": f"{name} (peer: transformers MarianMT)", "overrides": overrides}
+    try:
+        from transformers import MarianConfig, MarianMTModel
+
+        recipe = config.load(
+            ctx["recipe"],
+            ctx["overrides"]
+            + overrides
+            + [f"run_dir={ctx['work']}/throughput_peer", f"data.prepared_dir={ctx['prepared']}"],
+        )
+        device = resolve_device("auto")
+        run = Run.start(recipe, device, World(), force=True)
+        precision = run.trainer.precision
+        cfg, vocab = recipe.model, len(run.prepared.tgt_tok)
+        updates = (g for epoch in range(1, 10_000) for g in run.epoch_updates(epoch))
+        run.model.cpu()  # only its batches are needed here
+        torch.manual_seed(recipe.seed)
+        peer = MarianMTModel(
+            MarianConfig(
+                vocab_size=vocab,
+                decoder_vocab_size=vocab,
+                d_model=cfg.d_model,
+                encoder_layers=cfg.encoder_layers,
+                decoder_layers=cfg.decoder_layers,
+                encoder_attention_heads=cfg.heads,
+                decoder_attention_heads=cfg.heads,
+                encoder_ffn_dim=cfg.ff_dim,
+                decoder_ffn_dim=cfg.ff_dim,
+                activation_function=cfg.activation,
+                dropout=cfg.dropout,
+                max_position_embeddings=cfg.max_positions,
+                pad_token_id=PAD,
+                eos_token_id=EOS,
+                decoder_start_token_id=BOS,
+                scale_embedding=True,
+                share_encoder_decoder_embeddings=True,
+            )  # fmt: skip
+        ).to(device)
+        optimizer = torch.optim.AdamW(
+            peer.parameters(), lr=recipe.train.lr, fused=device.type == "cuda"
+        )
+
+        def loss_of(batch) -> torch.Tensor:
+            batch = batch.to(device)
+            labels = batch.tgt_out.masked_fill(batch.tgt_out.eq(PAD), -100)
+            with autocast(device, precision):
+                out = peer(
+                    input_ids=batch.src, attention_mask=batch.src.ne(PAD),
+                    decoder_input_ids=batch.tgt_in, labels=labels,
+                )  # fmt: skip
+            return out.loss * batch.n_tgt_tokens  # summed, as ours
+
+        def update(group) -> int:
+            tokens = 0
+            for batch in group:
+                loss_of(batch).backward()
+                tokens += batch.n_tgt_tokens
+            torch.nn.utils.clip_grad_norm_(peer.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return tokens
+
+        for _ in range(2):
+            update(next(updates))
+        group = next(updates)
+        with FlopCounterMode(display=False) as counter:
+            loss_of(group[0]).backward()
+        optimizer.zero_grad(set_to_none=True)
+        flops_per_token = counter.get_total_flops() / group[0].n_tgt_tokens
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        rates = []
+        for _ in range(3):
+            tokens, start = 0, time.perf_counter()
+            for _ in range(steps):
+                tokens += update(next(updates))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rates.append(tokens / (time.perf_counter() - start))
+        rate = statistics.median(rates)
+        peak = _bf16_peak(device)
+        row.update(
+            parameters=sum(p.numel() for p in peer.parameters()),
+            device=str(device),
+            precision=precision,
+            tgt_tokens_per_s=rate,
+            windows=rates,
+            flops_per_tgt_token=flops_per_token,
+            achieved_tflops=rate * flops_per_token / 1e12,
+            peak_tflops=peak / 1e12 if peak else None,
+            mfu=rate * flops_per_token / peak if peak else None,
+            peak_memory_gib=(
+                torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+            ),
+        )
+    except Exception as e:  # transformers missing, out of memory: a result too
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return row
 

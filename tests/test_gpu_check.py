@@ -47,6 +47,12 @@ def test_every_part_of_the_gpu_check_runs_in_smoke_mode(tmp_path):
         assert record["status"] == "ok", (name, record)
     assert parts["throughput"]["result"]["rows"][0]["tgt_tokens_per_s"] > 0
     assert parts["throughput"]["result"]["rows"][0]["flops_per_tgt_token"] > 0
+    # The peer (transformers' MarianMT, same sizes, same batches), where transformers is
+    # installed (the test extras install it).
+    peer = parts["throughput"]["result"]["rows"][1]
+    assert "peer" in peer["model"]
+    if "error" not in peer or "transformers" not in peer["error"]:
+        assert peer["tgt_tokens_per_s"] > 0 and peer["flops_per_tgt_token"] > 0
     profile = parts["profile"]["result"]
     assert profile["staged_ms_per_update"] > 0 and profile["loop_ms_per_update"] > 0
     assert profile["top_host_ops"] and profile["host_ops_per_update"] > 0
