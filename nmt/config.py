@@ -236,6 +236,10 @@ class ModelConfig:
 class TrainConfig:
     max_tokens: int = 4096
     """Tokens per batch, padding included (the larger of the source and target side)."""
+    pad_multiple: int = 1
+    """Pad each batch's source and target lengths up to a multiple of this (8 or 16 on a GPU:
+    fewer distinct shapes for compiled kernels and CUDA graphs); max_tokens counts the padding.
+    The loss is the same."""
     accum_steps: int = 1
     """Batches per optimizer update (gradient accumulation)."""
     lr: float = 5e-4
@@ -302,7 +306,9 @@ class TrainConfig:
     """Also write the logged numbers to `run_dir/tensorboard` (`pip install 'nmt[tensorboard]'`)."""
 
     def validate(self) -> None:
-        for name in ("max_tokens", "accum_steps", "max_steps", "max_epochs", "valid_every"):
+        for name in (
+            "max_tokens", "pad_multiple", "accum_steps", "max_steps", "max_epochs", "valid_every"
+        ):  # fmt: skip
             _require(getattr(self, name) >= 1, f"train.{name}", "must be >= 1")
         _require(self.log_every >= 1, "train.log_every", "must be >= 1")
         _require(self.lr > 0, "train.lr", "must be > 0")

@@ -258,3 +258,34 @@ def test_collate_layout(tmp_path, small_corpus):
         assert (batch.tgt_out[row, len(t) + 1 :] == PAD).all()
     assert batch.n_tgt_tokens == int(batch.tgt_out.ne(PAD).sum())
     assert batch.tgt_out.flatten()[batch.target_positions].ne(PAD).all()
+
+
+def test_pad_multiple_rounds_shapes_keeps_budget_and_loss(tmp_path, small_corpus):
+    """train.pad_multiple: lengths padded up to a multiple (fewer shapes for compiled kernels),
+    the padded cost within max_tokens, and the loss of a batch unchanged by the padding."""
+    from nmt.models.builder import build_model
+    from nmt.training.loss import batch_loss
+
+    g = torch.Generator().manual_seed(0)
+    src, tgt = torch.randint(1, 40, (500,), generator=g), torch.randint(1, 40, (500,), generator=g)
+    batches = token_batches(src, tgt, max_tokens=256, seed=3, multiple=16)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    for b in batches:
+        longest = max(max(int(src[i]), int(tgt[i])) + 1 for i in b)
+        assert -(-longest // 16) * 16 * len(b) <= 256
+
+    recipe = recipe_for(small_corpus, tmp_path / "run")
+    preprocess(recipe)
+    data = Prepared.open(recipe.prepared_dir).dataset("valid")
+    plain, padded = collate(data, list(range(12))), collate(data, list(range(12)), multiple=8)
+    for name in ("src", "tgt_in", "tgt_out"):
+        wide, narrow = getattr(padded, name), getattr(plain, name)
+        assert wide.shape[1] % 8 == 0 and wide.shape[1] >= narrow.shape[1]
+        assert torch.equal(wide[:, : narrow.shape[1]], narrow)
+        assert (wide[:, narrow.shape[1] :] == PAD).all()
+    assert padded.n_tgt_tokens == plain.n_tgt_tokens
+    torch.manual_seed(0)
+    model = build_model(recipe.model, 120, 120, share_all=True).double().eval()
+    assert torch.allclose(batch_loss(model, padded, 0.1), batch_loss(model, plain, 0.1), rtol=1e-12)
+    with pytest.raises(NmtError, match="train.pad_multiple"):
+        config.from_dict(tiny_recipe(small_corpus, tmp_path / "r", train={"pad_multiple": 0}))

@@ -62,12 +62,13 @@ def pad_sequences(
     return out
 
 
-def collate(dataset: ParallelDataset, indices: Sequence[int]) -> Batch:
-    tgt_out = dataset.tgt.padded(indices, None, EOS)
+def collate(dataset: ParallelDataset, indices: Sequence[int], multiple: int = 1) -> Batch:
+    """The batch of sentences `indices`, its lengths padded up to a multiple of `multiple`."""
+    tgt_out = dataset.tgt.padded(indices, None, EOS, multiple)
     positions = tgt_out.flatten().ne(PAD).nonzero().squeeze(1)
     return Batch(
-        src=dataset.src.padded(indices, None, EOS),
-        tgt_in=dataset.tgt.padded(indices, BOS, None),
+        src=dataset.src.padded(indices, None, EOS, multiple),
+        tgt_in=dataset.tgt.padded(indices, BOS, None, multiple),
         tgt_out=tgt_out,
         target_positions=positions,
         n_tgt_tokens=len(positions),
@@ -79,15 +80,18 @@ def token_batches(
     tgt_lengths: torch.Tensor,
     max_tokens: int,
     seed: int | None = None,
+    multiple: int = 1,
 ) -> list[list[int]]:
     """Group sentences of similar length into batches of at most `max_tokens` padded tokens.
 
     The cost of a batch is its size times its longest side (source with EOS, target with BOS),
-    as in fairseq. With a seed, ties are broken randomly and the batch order is shuffled, so each
-    epoch sees different batches; without one, the order is deterministic (for validation).
+    as in fairseq, that side rounded up to a multiple of `multiple` as `collate` pads it. With a
+    seed, ties are broken randomly and the batch order is shuffled, so each epoch sees
+    different batches; without one, the order is deterministic (for validation).
     """
     n = len(src_lengths)
     size = torch.maximum(src_lengths, tgt_lengths).to(torch.int64) + 1
+    size = (size + multiple - 1) // multiple * multiple
     generator = None
     order = torch.arange(n)
     if seed is not None:

@@ -125,15 +125,17 @@ class TokenArray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
     def padded(
-        self, indices: Sequence[int], prefix: int | None, suffix: int | None
+        self, indices: Sequence[int], prefix: int | None, suffix: int | None, multiple: int = 1
     ) -> torch.Tensor:
         """Sentences `indices` as one right-padded (B, W) long tensor, each with `prefix` before
-        and `suffix` after its tokens: `pad_sequences` in a few gathers instead of a Python loop
-        over sentences (46 ms -> under 1 ms for a 25,000-token batch)."""
+        and `suffix` after its tokens, W rounded up to a multiple of `multiple`: `pad_sequences`
+        in a few gathers instead of a Python loop over sentences (46 ms -> under 1 ms for a
+        25,000-token batch)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         starts, lengths = self.offsets[idx], self.lengths[idx].long()
         first = int(prefix is not None)
         width = int(lengths.max()) + first + int(suffix is not None) if len(idx) else 0
+        width = -(-width // multiple) * multiple
         out = torch.full((len(idx), width), PAD, dtype=torch.long)
         if prefix is not None:
             out[:, 0] = prefix

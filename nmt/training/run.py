@@ -166,8 +166,9 @@ class Run:
             log.debug(
                 f"epoch {epoch}: {int(data.tgt.lengths.sum()) / stored:.3f}x the target pieces"
             )
+        multiple = self.recipe.train.pad_multiple
         batches = token_batches(
-            data.src.lengths, data.tgt.lengths, self.recipe.train.max_tokens, seed=seed
+            data.src.lengths, data.tgt.lengths, self.recipe.train.max_tokens, seed, multiple
         )
         # Every rank computes the same order and takes its share of each global update; the
         # global batch of an update is `world size × accum_steps` batches.
@@ -179,7 +180,7 @@ class Run:
         def groups() -> Iterator[list[Batch]]:
             for i in range(skip * per_update, len(batches) - per_update + 1, per_update):
                 mine = batches[i + self.world.rank * k : i + (self.world.rank + 1) * k]
-                group = [collate(data, b) for b in mine]
+                group = [collate(data, b, multiple) for b in mine]
                 yield [b.pin_memory() for b in group] if pin else group
 
         if not pin:
