@@ -124,23 +124,31 @@ class _Window:
     training seconds and tokens, for tokens/s (validation time is not training time)."""
 
     def __init__(self, device: torch.device) -> None:
-        self.loss = torch.zeros((), device=device)  # summed on the device: no sync per update
+        # Summed on the device, read once per window: the loss, the updates Adam skipped for
+        # non-finite gradients, and the gradient norms (and how many) of the applied ones.
+        self.sums = torch.zeros(4, device=device)
         self.tokens = 0
         self.start = time.perf_counter()
         self.seconds = 0.0  # of the windows closed so far
         self.all_tokens = 0
 
     def add(self, update: Update) -> None:
-        self.loss += update.loss
+        self.sums[0] += update.loss
+        if update.nonfinite is not None:
+            self.sums[1] += update.nonfinite
+            self.sums[2] += update.grad_norm
+            self.sums[3] += 1 - update.nonfinite
         self.tokens += update.tokens
 
-    def close(self) -> tuple[float, int, float]:
-        """Ends the window and starts the next: its (summed loss, tokens, seconds)."""
+    def close(self) -> tuple[float, int, float, int, float | None]:
+        """Ends the window and starts the next: its (summed loss, tokens, seconds, updates
+        skipped on the device, mean gradient norm or None)."""
         elapsed = time.perf_counter() - self.start
         self.seconds += elapsed
         self.all_tokens += self.tokens
-        closed = (self.loss.item(), self.tokens, elapsed)
-        self.loss.zero_()
+        loss, skipped, norms, counted = self.sums.tolist()  # the window's one synchronisation
+        closed = (loss, self.tokens, elapsed, int(skipped), norms / counted if counted else None)
+        self.sums.zero_()
         self.tokens, self.start = 0, time.perf_counter()
         return closed
 
@@ -163,7 +171,10 @@ def _log_window(
     warm-up the window's pace joins `paces`, which train.max_time's fit extrapolates; at the
     second window it also warns if the warm-up cannot end inside the budget."""
     cfg, state = run.recipe.train, run.state
-    window_loss, window_tokens, elapsed = window.close()
+    window_loss, window_tokens, elapsed, skipped, grad_norm = window.close()
+    if skipped:
+        state.nonfinite_skipped += skipped
+        log.warning(f"gradients not finite: {skipped} update(s) of this log window skipped")
     if state.step <= cfg.warmup_steps:
         paces.append((state.step, window.seconds))
         if len(paces) == 3 and budget.fits_schedule_to_time(cfg, state):
@@ -183,6 +194,8 @@ def _log_window(
         "skipped_nonfinite": state.nonfinite_skipped,
         "skipped_oom": state.oom_skipped,
     }
+    if grad_norm is not None:
+        record["grad_norm"] = grad_norm  # mean over the window, before clipping
     events.write(kind="train", **record)
     return record
 

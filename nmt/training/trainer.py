@@ -39,7 +39,11 @@ class _LossModule(torch.nn.Module):
 class Update:
     loss: torch.Tensor  # summed over the update's target tokens (stays on the device)
     tokens: int  # target tokens of the global batch
-    skipped: str | None = None  # "nonfinite" or "oom" when the update was not applied
+    skipped: str | None = None  # "nonfinite" or "oom" when known to be skipped on the host
+    # 1.0 where the gradients were not finite and Adam skipped the step itself, else 0.0: a
+    # device tensor, read with the loss once per log window instead of once per update.
+    nonfinite: torch.Tensor | None = None
+    grad_norm: torch.Tensor | None = None  # before clipping (0 where not finite); on the device
     # Some rank was interrupted (a signal) / found the time budget spent; without torchrun,
     # the flags passed in.
     interrupted: bool = False
@@ -76,8 +80,10 @@ class Trainer:
             betas=cfg.betas,
             eps=cfg.eps,
             weight_decay=cfg.weight_decay,
-            # One kernel for the whole update on a GPU instead of several per parameter.
-            fused=device.type == "cuda",
+            # One kernel for the whole update instead of several per parameter (on the CPU
+            # too: 2.7 against 11.7 ms a step for the Multi30k recipe's model), and it can skip
+            # a step on a device-side flag, without waiting for the device (`found_inf`).
+            fused=True,
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
@@ -130,7 +136,8 @@ class Trainer:
                 f"out of memory on a batch of {sizes} tokens; update skipped. "
                 "Lower train.max_tokens if this recurs."
             )
-            return Update(torch.zeros((), device=self.device), 0, "oom", interrupted, time_up)
+            zero = torch.zeros((), device=self.device)
+            return Update(zero, 0, "oom", interrupted=interrupted, time_up=time_up)
         self.scaler.unscale_(self.optimizer)  # a no-op without fp16 loss scaling
         clip = self.cfg.clip_norm if self.cfg.clip_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
@@ -141,15 +148,25 @@ class Trainer:
             self.scaler.update()
             skipped = self.scaler.get_scale() < scale_before
         else:
-            # The one host synchronisation of an update: skipping must leave Adam untouched.
-            skipped = not torch.isfinite(norm).item()
-            if not skipped:
-                self.optimizer.step()
+            # No host synchronisation: the fused step itself leaves the weights, Adam's moments
+            # and its step count untouched where found_inf is set; the loop reads the flag
+            # with the loss, once per log window.
+            finite = torch.isfinite(norm)
+            nonfinite = (~finite).to(torch.float32)
+            self.optimizer.grad_scale, self.optimizer.found_inf = None, nonfinite
+            self.optimizer.step()
+            self.optimizer.found_inf = None
+            self.optimizer.zero_grad(set_to_none=True)
+            grad_norm = torch.where(finite, norm.detach(), 0.0)
+            return Update(
+                total, n_tokens, None, nonfinite=nonfinite, grad_norm=grad_norm,
+                interrupted=interrupted, time_up=time_up,
+            )  # fmt: skip
         if skipped:
             log.warning("gradients are not finite; update skipped")
         self.optimizer.zero_grad(set_to_none=True)
         skip = "nonfinite" if skipped else None
-        return Update(total, n_tokens, skip, interrupted, time_up)
+        return Update(total, n_tokens, skip, interrupted=interrupted, time_up=time_up)
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
