@@ -119,12 +119,16 @@ class Attention(nn.Module):
         # cached): query i may see keys up to S - L + i. One new query sees every key.
         L, S = q.shape[2], k.shape[2]
         causal = causal and L > 1
-        if causal:
+        explicit = need_weights or (L == 1 and q.device.type == "cpu" and not self.training)
+        # A fused kernel applies a plain causal mask itself: building it would be two more
+        # operations per layer and update for nothing.
+        in_kernel = self.causal_in_kernel and mask is None and L == S and not explicit
+        if causal and not in_kernel:
             past = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(diagonal=S - L)
             mask = past if mask is None else mask & past
         if need_weights:
             out, weights = self.attend_explicit(q, k, v, mask)
-        elif L == 1 and q.device.type == "cpu" and not self.training:
+        elif explicit:
             # One query per row (decoding): the CPU's fused kernel works on blocks of queries
             # and lost to the written-out product (a beam-5 pass: 4.70 s with it, 3.43 s
             # without; docs/experiments/decoding.md, bench/decode_ops.py).
@@ -134,6 +138,9 @@ class Attention(nn.Module):
             out, weights = self.attend(q, k, v, mask, causal and L == S), None
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d)), weights
+
+    # Whether `attend` applies a plain causal mask itself when given `causal` and no mask.
+    causal_in_kernel = False
 
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         """(B, H, L, Dh) queries and (B, H, S, Dh) keys -> (B, H, L, S) scores."""
@@ -167,12 +174,14 @@ class MultiHeadAttention(Attention):
     memory-efficient) where the device has them.
     """
 
+    causal_in_kernel = True
+
     def scores(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         return q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
 
     def attend(self, q, k, v, mask, causal):
         dropout = self.dropout if self.training else 0.0
-        if causal and mask is not None and mask.dim() == 2:
+        if causal and (mask is None or mask.dim() == 2):
             mask = None  # the causal mask alone: let the kernel apply it
         else:
             causal = False
