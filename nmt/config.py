@@ -298,7 +298,8 @@ class TrainConfig:
     tf32: bool = True
     """TF32 matmuls on GPUs that have them (Ampere and newer)."""
     compile: bool = False
-    """`torch.compile` the training step's model (dynamic shapes)."""
+    """`torch.compile` the training step's model (dynamic shapes; with `pad_multiple` fewer of
+    them); if compiling fails, training goes on eagerly after one warning."""
     init_from: str | None = None
     """Fine-tuning: start from this checkpoint's weights (same architecture; dropout may differ)
     with a fresh optimizer and schedule; `nmt preprocess` then takes its SentencePiece models."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections import Counter
 
 import pytest
@@ -313,3 +314,46 @@ def test_kernels_per_update_do_not_creep_up(trainer_recipe, tmp_path):
         ops = _kernels_per_update(trainer_recipe, layers, tmp_path)
         assert sum(ops.values()) <= most, (layers, sum(ops.values()), ops.most_common(12))
         assert ops["aten._fused_adam_"] == 1  # one step for every parameter
+
+
+def _losses(recipe, updates: int, **train) -> tuple[Trainer, list[float]]:
+    sized = config.from_dict(
+        {**config.to_dict(recipe), "train": {**config.to_dict(recipe)["train"], **train}}
+    )
+    prepared = Prepared.open(recipe.prepared_dir)
+    torch.manual_seed(0)
+    trainer = Trainer(initial_model(sized, prepared), sized.train, torch.device("cpu"))
+    data = prepared.dataset("train")
+    losses = [
+        trainer.update([collate(data, list(range(16 * i, 16 * i + 16)))], 1e-3).loss.item()
+        for i in range(updates)
+    ]
+    return trainer, losses
+
+
+def test_a_compile_that_fails_falls_back_to_eager_with_one_warning(
+    trainer_recipe, monkeypatch, caplog
+):
+    class Broken(torch.nn.Module):
+        def forward(self, *args):
+            raise RuntimeError("InductorError: no C++ compiler found\ndetails")
+
+    monkeypatch.setattr(torch, "compile", lambda module, **kwargs: Broken())
+    trainer, losses = _losses(trainer_recipe, 2, compile=True)
+    _, eager = _losses(trainer_recipe, 2)
+    assert losses == eager  # the failed batch was done again, eagerly
+    assert trainer.loss_module is trainer.eager_loss_module
+    warnings = [r.message for r in caplog.records if "train.compile" in r.message]
+    assert len(warnings) == 1 and "no C++ compiler found); training eagerly" in warnings[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_compiled_training_step_equals_eager(trainer_recipe):
+    """torch.compile (inductor, on the CPU: needs a C++ compiler) gives eager's losses."""
+    if shutil.which("g++") is None and shutil.which("c++") is None:
+        pytest.skip("no C++ compiler: inductor cannot compile here")
+    trainer, compiled = _losses(trainer_recipe, 2, compile=True)
+    _, eager = _losses(trainer_recipe, 2)
+    assert trainer.loss_module is not trainer.eager_loss_module  # it did compile
+    assert compiled == pytest.approx(eager, rel=1e-5)

@@ -70,6 +70,7 @@ class Trainer:
                 self.loss_module,
                 device_ids=[self.world.local_rank] if device.type == "cuda" else None,
             )
+        self.eager_loss_module = self.loss_module
         if cfg.compile:
             # Batch shapes vary with sentence lengths: compile for dynamic shapes once rather
             # than recompiling for each new shape.
@@ -116,11 +117,7 @@ class Trainer:
                 if self.world.active and i < len(group) - 1:
                     sync = self.loss_module.no_sync()
                 with sync:
-                    with autocast(self.device, self.precision):
-                        loss = self.loss_module(
-                            batch.src, batch.tgt_in, batch.tgt_out, batch.target_positions
-                        )
-                    self.scaler.scale(loss * scale).backward()
+                    loss = self._forward_backward(batch, scale)
                 total += loss.detach()
         except torch.cuda.OutOfMemoryError:
             if self.world.active:
@@ -167,6 +164,31 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         skip = "nonfinite" if skipped else None
         return Update(total, n_tokens, skip, interrupted=interrupted, time_up=time_up)
+
+    def _forward_backward(self, batch: Batch, scale: float) -> torch.Tensor:
+        """One batch's loss, its gradients accumulated. A compiled step that fails (no C++
+        compiler, an operation the compiler does not take) falls back to eager with one
+        warning, and the batch is done again eagerly."""
+        for attempt in (1, 2):
+            try:
+                with autocast(self.device, self.precision):
+                    loss = self.loss_module(
+                        batch.src, batch.tgt_in, batch.tgt_out, batch.target_positions
+                    )
+                self.scaler.scale(loss * scale).backward()
+                return loss
+            except torch.cuda.OutOfMemoryError:
+                raise
+            except Exception as e:
+                if self.loss_module is self.eager_loss_module or attempt == 2:
+                    raise
+                first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+                log.warning(
+                    f"train.compile: compiling the training step failed ({type(e).__name__}: "
+                    f"{first}); training eagerly"
+                )
+                self.loss_module = self.eager_loss_module
+        raise AssertionError("unreachable")
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict()}
