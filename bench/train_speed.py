@@ -59,7 +59,8 @@ def measure(recipe_path: str, overrides: list[str], steps: int, windows: int) ->
         lr = recipe.train.lr
         updates = (g for epoch in range(1, 1000) for g in run.epoch_updates(epoch))
         rss_before = _rss_bytes()
-        for _ in range(2):
+        # A compiled step compiles again for dynamic shapes after its first batches.
+        for _ in range(6 if recipe.train.compile else 2):
             trainer.update(next(updates), lr)
         if cuda:
             torch.cuda.synchronize()
