@@ -254,7 +254,6 @@ def part_throughput(ctx: dict) -> dict:
 
 def _measure_training(ctx: dict, name: str, overrides: list[str], steps: int) -> dict:
     """Median tokens/s over timed windows of real updates, after warm-up updates."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from nmt import config
@@ -290,38 +289,16 @@ def _measure_training(ctx: dict, name: str, overrides: list[str], steps: int) ->
             loss.backward()
         run.model.zero_grad(set_to_none=True)
         flops_per_token = counter.get_total_flops() / batch.n_tgt_tokens
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        rates = []
-        for _ in range(3):
-            tokens, start = 0, time.perf_counter()
-            for _ in range(steps):
-                tokens += trainer.update(next(updates), lr).tokens
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            rates.append(tokens / (time.perf_counter() - start))
-        rate = statistics.median(rates)
-        peak = _bf16_peak(device)
         row.update(
+            _timed(lambda: trainer.update(next(updates), lr).tokens, steps, device),
             parameters=count_parameters(run.model),
-            device=str(device),
             precision=trainer.precision,
-            tgt_tokens_per_s=rate,
-            windows=rates,
-            flops_per_tgt_token=flops_per_token,
-            achieved_tflops=rate * flops_per_token / 1e12,
-            peak_tflops=peak / 1e12 if peak else None,
-            mfu=rate * flops_per_token / peak if peak else None,
-            peak_memory_gib=(
-                torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-            ),
         )
+        row.update(_figures(row["tgt_tokens_per_s"], flops_per_token, device))
         if recipe.train.compile:
             from torch._dynamo.utils import counters
 
             row["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
-        del run, trainer
     except Exception as e:  # one configuration failing (out of memory, say) is a result
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return row
@@ -410,36 +387,49 @@ def _measure_peer(ctx: dict, name: str, overrides: list[str], steps: int) -> dic
             loss_of(group[0]).backward()
         optimizer.zero_grad(set_to_none=True)
         flops_per_token = counter.get_total_flops() / group[0].n_tgt_tokens
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        rates = []
-        for _ in range(3):
-            tokens, start = 0, time.perf_counter()
-            for _ in range(steps):
-                tokens += update(next(updates))
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            rates.append(tokens / (time.perf_counter() - start))
-        rate = statistics.median(rates)
-        peak = _bf16_peak(device)
         row.update(
+            _timed(lambda: update(next(updates)), steps, device),
             parameters=sum(p.numel() for p in peer.parameters()),
-            device=str(device),
             precision=precision,
-            tgt_tokens_per_s=rate,
-            windows=rates,
-            flops_per_tgt_token=flops_per_token,
-            achieved_tflops=rate * flops_per_token / 1e12,
-            peak_tflops=peak / 1e12 if peak else None,
-            mfu=rate * flops_per_token / peak if peak else None,
-            peak_memory_gib=(
-                torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-            ),
         )
+        row.update(_figures(row["tgt_tokens_per_s"], flops_per_token, device))
     except Exception as e:  # transformers missing, out of memory: a result too
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return row
+
+
+def _timed(update, steps: int, device) -> dict:
+    """Target tokens/s of `update()` (which returns its tokens): the median of three windows
+    of `steps` updates, and the peak memory over them."""
+    import torch
+
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    rates = []
+    for _ in range(3):
+        tokens, start = 0, time.perf_counter()
+        for _ in range(steps):
+            tokens += update()
+        if cuda:
+            torch.cuda.synchronize()
+        rates.append(tokens / (time.perf_counter() - start))
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    return {"tgt_tokens_per_s": statistics.median(rates), "windows": rates, "peak_memory_gib": peak}
+
+
+def _figures(rate: float, flops_per_token: float, device) -> dict:
+    """What `rate` target tokens/s make of the card: TFLOP/s and the share of its bf16 peak."""
+    peak = _bf16_peak(device)
+    achieved = rate * flops_per_token
+    return {
+        "device": str(device),
+        "flops_per_tgt_token": flops_per_token,
+        "achieved_tflops": achieved / 1e12,
+        "peak_tflops": peak / 1e12 if peak else None,
+        "mfu": achieved / peak if peak else None,
+    }
 
 
 def _bf16_peak(device) -> float | None:
