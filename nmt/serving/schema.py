@@ -1,16 +1,13 @@
 """The HTTP API's vocabulary: the JSON bodies of requests and answers (FastAPI publishes them at
-/openapi.json and /docs) and `RequestError`, a refusal with its status."""
+/openapi.json and /docs) and `RequestError`, a refusal with its status. Imported by
+nmt.serving.app after its check that FastAPI is installed."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-
-try:
-    from fastapi.responses import JSONResponse
-except ImportError:  # nmt.serving.app says how to install it
-    JSONResponse = None
 
 MAX_LENGTH_PENALTY = 5.0  # GNMT alpha; tuned values lie between 0.6 and 1.2
 
