@@ -256,25 +256,13 @@ def _measure_training(ctx: dict, name: str, overrides: list[str], steps: int) ->
     """Median tokens/s over timed windows of real updates, after warm-up updates."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from nmt import config
     from nmt.models.base import count_parameters
-    from nmt.training.distributed import World
     from nmt.training.loss import batch_loss
-    from nmt.training.run import Run
-    from nmt.utils.device import resolve_device
 
     row = {"model": name, "overrides": overrides}
     try:
-        recipe = config.load(
-            ctx["recipe"],
-            ctx["overrides"]
-            + overrides
-            + [f"run_dir={ctx['work']}/throughput", f"data.prepared_dir={ctx['prepared']}"],
-        )
-        device = resolve_device("auto")
-        run = Run.start(recipe, device, World(), force=True)
+        recipe, device, run, updates = _start_run(ctx, overrides, "throughput")
         trainer, lr = run.trainer, recipe.train.lr
-        updates = (g for epoch in range(1, 10_000) for g in run.epoch_updates(epoch))
         warm = 3 if recipe.train.compile else 2
         for _ in range(warm):
             trainer.update(next(updates), lr)
@@ -312,27 +300,16 @@ def _measure_peer(ctx: dict, name: str, overrides: list[str], steps: int) -> dic
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from nmt import config
     from nmt.data.tokenizer import BOS, EOS, PAD
-    from nmt.training.distributed import World
-    from nmt.training.run import Run
-    from nmt.utils.device import autocast, resolve_device
+    from nmt.utils.device import autocast
 
     row = {"model": f"{name} (peer: transformers MarianMT)", "overrides": overrides}
     try:
         from transformers import MarianConfig, MarianMTModel
 
-        recipe = config.load(
-            ctx["recipe"],
-            ctx["overrides"]
-            + overrides
-            + [f"run_dir={ctx['work']}/throughput_peer", f"data.prepared_dir={ctx['prepared']}"],
-        )
-        device = resolve_device("auto")
-        run = Run.start(recipe, device, World(), force=True)
+        recipe, device, run, updates = _start_run(ctx, overrides, "throughput_peer")
         precision = run.trainer.precision
         cfg, vocab = recipe.model, len(run.prepared.tgt_tok)
-        updates = (g for epoch in range(1, 10_000) for g in run.epoch_updates(epoch))
         run.model.cpu()  # only its batches are needed here
         torch.manual_seed(recipe.seed)
         peer = MarianMTModel(
@@ -396,6 +373,26 @@ def _measure_peer(ctx: dict, name: str, overrides: list[str], steps: int) -> dic
     except Exception as e:  # transformers missing, out of memory: a result too
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return row
+
+
+def _start_run(ctx: dict, overrides: list[str], folder: str) -> tuple:
+    """The recipe with `overrides` on the prepared data, its device, a started training run in
+    `folder` of the work folder, and an endless stream of its updates (groups of batches)."""
+    from nmt import config
+    from nmt.training.distributed import World
+    from nmt.training.run import Run
+    from nmt.utils.device import resolve_device
+
+    recipe = config.load(
+        ctx["recipe"],
+        ctx["overrides"]
+        + overrides
+        + [f"run_dir={ctx['work']}/{folder}", f"data.prepared_dir={ctx['prepared']}"],
+    )
+    device = resolve_device("auto")
+    run = Run.start(recipe, device, World(), force=True)
+    updates = (g for epoch in range(1, 10_000) for g in run.epoch_updates(epoch))
+    return recipe, device, run, updates
 
 
 def _timed(update, steps: int, device) -> dict:

@@ -329,8 +329,9 @@ def convert_marian(
             f"{tuple(shared.shape)} and config.json says vocab_size {hf.get('vocab_size')}; "
             "the vocabulary does not belong to these weights"
         )
-    pieces, rows = _vocabulary(hf, vocab, folder)
-    tokenizers = _tokenizers(folder, pieces)
+    models = {name: _read_bytes(folder / name) for name in ("source.spm", "target.spm")}
+    pieces, rows = _vocabulary(hf, vocab, models, folder)
+    tokenizers = _tokenizers(models, pieces, folder)
     used = {
         "shared.weight",
         "encoder.embed_tokens.weight",
@@ -421,7 +422,7 @@ def convert_marian(
 
 
 def _vocabulary(
-    hf: dict, vocab: dict[str, int], folder: Path
+    hf: dict, vocab: dict[str, int], models: dict[str, bytes], folder: Path
 ) -> tuple[list[str], list[int | None]]:
     """Our pieces in id order, and for each the Marian row it takes (None: our new PAD row).
 
@@ -443,8 +444,8 @@ def _vocabulary(
             pieces.append(piece)
             rows.append(i)
     seen = set(pieces)
-    for side in ("source.spm", "target.spm"):
-        for piece in sentencepiece_proto.read_pieces(_read_bytes(folder / side)):
+    for proto in models.values():
+        for piece in sentencepiece_proto.read_pieces(proto):
             if piece.text not in seen and piece.type not in (
                 sentencepiece_proto.CONTROL,
                 sentencepiece_proto.UNKNOWN,
@@ -468,7 +469,8 @@ def _read_bytes(path: Path) -> bytes:
         raise NmtError(f"cannot read {path}: {e.strerror or e}") from None
 
 
-def _tokenizers(folder: Path, pieces: list[str]) -> dict[str, bytes]:
+def _tokenizers(models: dict[str, bytes], pieces: list[str], folder: Path) -> dict[str, bytes]:
+    """Both SentencePiece models (`models`, by file name) with `pieces` as their ids."""
     specials = {
         "pad": (PAD, pieces[PAD]),
         "unk": (UNK, pieces[UNK]),
@@ -477,7 +479,7 @@ def _tokenizers(folder: Path, pieces: list[str]) -> dict[str, bytes]:
     }
     protos = {}
     for side, name in (("src", "source.spm"), ("tgt", "target.spm")):
-        proto = sentencepiece_proto.reorder(_read_bytes(folder / name), pieces, specials)
+        proto = sentencepiece_proto.reorder(models[name], pieces, specials)
         try:
             Tokenizer(proto)
         except NmtError as e:

@@ -55,7 +55,7 @@ from nmt.serving.batcher import (
     Scheduler,
     decode_with,
 )
-from nmt.serving.libretranslate import LibreTranslateRoutes, add_routes
+from nmt.serving.libretranslate import LibreTranslateRoutes, add_routes, content_type
 from nmt.serving.schema import (
     DECODE_FIELDS,
     MAX_LENGTH_PENALTY,
@@ -183,7 +183,8 @@ class BodyLimit:
             return
         body, replayed = b"".join(chunks), False
         scope = {**scope, "nmt.body": body}  # for LibreTranslateRoutes
-        problem = _json_problem(body) if _is_json(scope) else None
+        is_json = content_type(scope) == "application/json"
+        problem = _json_problem(body) if is_json else None
         if problem is not None:
             await RequestError(422, problem).response()(scope, receive, send)
             return
@@ -221,13 +222,6 @@ class CloseWhenStopping:
             await send(message)
 
         await self.app(scope, receive, send_closing)
-
-
-def _is_json(scope: dict) -> bool:
-    for name, value in scope.get("headers", []):
-        if name.lower() == b"content-type":
-            return value.split(b";")[0].strip().lower() == b"application/json"
-    return False
 
 
 def _json_problem(body: bytes) -> str | None:

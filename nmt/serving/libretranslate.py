@@ -49,12 +49,13 @@ class LibreTranslateRoutes:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == "/translate":
-            if _is_libretranslate(_content_type(scope), scope.get("nmt.body", b"")):
+            if _is_libretranslate(content_type(scope), scope.get("nmt.body", b"")):
                 scope = {**scope, "path": f"{PREFIX}/translate", "raw_path": None}
         await self.app(scope, receive, send)
 
 
-def _content_type(scope: dict) -> str:
+def content_type(scope: dict) -> str:
+    """An ASGI request's media type, lower-cased, without parameters ("" when none)."""
     for name, value in scope.get("headers", []):
         if name.lower() == b"content-type":
             return value.split(b";")[0].strip().lower().decode("latin-1")
