@@ -1,4 +1,4 @@
-"""Alignments: the teacher-forced cross-attention equals what incremental decoding saw."""
+"""Alignments: the teacher-forced cross-attention equals what decoding saw at each step."""
 
 from __future__ import annotations
 
@@ -23,17 +23,17 @@ def test_cross_attention_equals_incremental_weights():
     engine = TorchEngine(model, torch.device("cpu"))
     src, hyp = [5, 6, 7, 8], [9, 4, 10]
     got = engine.cross_attention(src, [hyp])[0]
-    # Step by step with the cache, as the search runs.
+    # Prefix by prefix, the last position of each: what the model attends to when it
+    # produces each next token.
     src_t = pad_sequences([torch.tensor(src)], None, EOS)
     rows = []
     with torch.no_grad():
         memory, mask = model.encode(src_t)
-        cache = model.start(src_t).cache
-        for step, token in enumerate([BOS] + hyp):
-            _, w = model.decode(
-                torch.tensor([[token]]), memory, mask, cache, start=step, need_weights=True
-            )
-            rows.append(w.mean(dim=1)[0, 0])
+        prefix = [BOS] + hyp
+        for step in range(len(prefix)):
+            tokens = torch.tensor([prefix[: step + 1]])
+            _, w = model.decode(tokens, memory, mask, need_weights=True)
+            rows.append(w.mean(dim=1)[0, -1])
     torch.testing.assert_close(got, torch.stack(rows), atol=1e-6, rtol=1e-5)
     assert got.shape == (len(hyp) + 1, len(src) + 1)
     torch.testing.assert_close(got.sum(-1), torch.ones(len(hyp) + 1))

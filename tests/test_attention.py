@@ -3,8 +3,9 @@
 Every mechanism is checked against a float64 implementation written here from its formula (not
 from the module's code), using the module's own weights; MultiHeadAttention is also checked
 against torch.nn.MultiheadAttention. Then: Bahdanau's chunked path against the unchunked one
-(outputs and gradients), invariance to padded keys, causality, and incremental decoding with the
-cache (self-attention appending keys, cross-attention with static keys/values, reorder_cache).
+(outputs and gradients), invariance to padded keys, causality. Decoding one position at a time
+(nmt.models.incremental, which uses these modules' projections and scores) is checked against
+the full forward pass in tests/test_model.py.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from nmt.models.attention import (
     BahdanauAttention,
     LuongAttention,
     MultiHeadAttention,
-    reorder_cache,
 )
 
 MECHANISMS = ["multihead", "luong_dot", "luong_general", "bahdanau"]
@@ -460,101 +460,6 @@ def test_causal_attention_ignores_future_keys_and_values(kind):
     assert not torch.allclose(attn(changed, changed)[0][:, :4], attn(x, x)[0][:, :4], atol=1e-4)
 
 
-# ----------------------------------------------------------------------------------------------
-# 5. Incremental decoding with the cache.
-
-
-def _incremental_self(attn, x):
-    """Feed x one position at a time, as the decoder does (causal=True, query is memory)."""
-    cache: dict[str, torch.Tensor] = {}
-    outs = []
-    for t in range(x.shape[1]):
-        step = x[:, t : t + 1]
-        outs.append(attn(step, step, causal=True, cache=cache)[0])
-    return torch.cat(outs, dim=1), cache
-
-
-@pytest.mark.parametrize("kind", MECHANISMS)
-def test_incremental_self_attention_matches_full_causal_forward(kind):
-    torch.manual_seed(50)
-    attn = make_attention(kind)
-    x = torch.randn(3, 7, D_MODEL)
-    full, _ = attn(x, x, causal=True)
-    inc, cache = _incremental_self(attn, x)
-    torch.testing.assert_close(inc, full, atol=ATOL, rtol=RTOL)
-    assert cache["k"].shape == cache["v"].shape == (3, HEADS, 7, D_MODEL // HEADS)
-    # The cached keys are the projected keys of all positions.
-    d = D_MODEL
-    k = F.linear(x, attn.in_proj.weight[d : 2 * d], attn.in_proj.bias[d : 2 * d])
-    torch.testing.assert_close(cache["k"], k.view(3, 7, HEADS, -1).transpose(1, 2))
-
-
-@pytest.mark.parametrize("need_weights", [False, True], ids=["fast", "weights"])
-@pytest.mark.parametrize("kind", MECHANISMS)
-def test_incremental_cross_attention_with_static_kv_matches_full_forward(kind, need_weights):
-    torch.manual_seed(51)
-    attn = make_attention(kind, cross=True)
-    query, memory = torch.randn(3, 6, D_MODEL), torch.randn(3, 9, D_MODEL)
-    kpm = random_padding(3, 9)
-    full, full_w = attn(query, memory, key_padding_mask=kpm, need_weights=True)
-    cache: dict[str, torch.Tensor] = {}
-    outs, ws = [], []
-    for t in range(6):
-        # After the first step the memory's keys/values come from the cache: the memory
-        # passed in is not projected again (garbage here proves it).
-        mem = memory if t == 0 else torch.full_like(memory, float("nan"))
-        out, w = attn(
-            query[:, t : t + 1], mem, key_padding_mask=kpm, cache=cache, need_weights=need_weights
-        )
-        outs.append(out)
-        ws.append(w)
-        assert cache["k"].shape == (3, HEADS, 9, D_MODEL // HEADS)  # computed once, not grown
-    torch.testing.assert_close(torch.cat(outs, 1), full, atol=ATOL, rtol=RTOL)
-    if need_weights:
-        torch.testing.assert_close(torch.cat(ws, 2), full_w, atol=ATOL, rtol=RTOL)
-
-
-@pytest.mark.parametrize("kind", MECHANISMS)
-def test_reorder_cache_selects_rows_and_decoding_continues_correctly(kind):
-    torch.manual_seed(52)
-    self_attn = make_attention(kind)
-    cross_attn = make_attention(kind, cross=True)
-    B, T, S = 4, 7, 5
-    x = torch.randn(B, T, D_MODEL)
-    memory = torch.randn(B, S, D_MODEL)
-    kpm = random_padding(B, S)
-    order = torch.tensor([2, 0, 0, 3])  # a beam-search style reordering, with a duplicate
-
-    self_cache: dict[str, torch.Tensor] = {}
-    cross_cache: dict[str, torch.Tensor] = {}
-    split = 3
-    for t in range(split):
-        step = x[:, t : t + 1]
-        self_attn(step, step, causal=True, cache=self_cache)
-        cross_attn(step, memory, key_padding_mask=kpm, cache=cross_cache)
-    before = {k: v.clone() for k, v in self_cache.items()}
-    before_cross = {k: v.clone() for k, v in cross_cache.items()}
-    reorder_cache(self_cache, order)
-    reorder_cache(cross_cache, order)
-    for name in ("k", "v"):
-        torch.testing.assert_close(self_cache[name], before[name][order], atol=0, rtol=0)
-        torch.testing.assert_close(cross_cache[name], before_cross[name][order], atol=0, rtol=0)
-
-    # Continue decoding the reordered rows: equals a full forward over the reordered inputs.
-    x_r, mem_r, kpm_r = x[order], memory[order], kpm[order]
-    outs_self, outs_cross = [], []
-    for t in range(split, T):
-        step = x_r[:, t : t + 1]
-        outs_self.append(self_attn(step, step, causal=True, cache=self_cache)[0])
-        outs_cross.append(cross_attn(step, mem_r, key_padding_mask=kpm_r, cache=cross_cache)[0])
-    full_self, _ = self_attn(x_r, x_r, causal=True)
-    full_cross, _ = cross_attn(x_r, mem_r, key_padding_mask=kpm_r)
-    torch.testing.assert_close(torch.cat(outs_self, 1), full_self[:, split:], atol=ATOL, rtol=RTOL)
-    torch.testing.assert_close(
-        torch.cat(outs_cross, 1), full_cross[:, split:], atol=ATOL, rtol=RTOL
-    )
-
-
 @pytest.mark.parametrize("keys", [1, 5, 12, 13, 30])
 def test_single_query_weighted_sum_equals_matmul(keys: int) -> None:
     """A decoding step's weights @ values, summed by broadcasting where PyTorch's bmm would take
@@ -563,7 +468,7 @@ def test_single_query_weighted_sum_equals_matmul(keys: int) -> None:
     g = torch.Generator().manual_seed(keys)
     weights = torch.randn(6, 4, 1, keys, generator=g).softmax(-1)
     values = torch.randn(6, 4, keys, 32, generator=g)
-    assert torch.equal(attention_module._weighted_sum(weights, values), weights @ values)
+    assert torch.equal(attention_module.weighted_sum(weights, values), weights @ values)
 
 
 def test_step_log_probs_in_place_equal_log_softmax() -> None:

@@ -176,7 +176,7 @@ def _decode_step_by_step(model, src, tgt, reorder_at=None, order=None):
                 tgt = tgt[order]
                 steps = [s[order] for s in steps]
             steps.append(model.step(state, tgt[:, t : t + 1])[:, None])
-    return torch.cat(steps, dim=1), state.cache
+    return torch.cat(steps, dim=1), state
 
 
 @pytest.mark.parametrize("kind, norm", [(kind, "pre") for kind in KINDS] + [("mixed", "post")])
@@ -185,12 +185,12 @@ def test_incremental_decoding_matches_full_forward(kind, norm):
     torch.manual_seed(5)
     src, tgt = random_batch([5, 2, 4]), target_in(3, 5)
     full = log_probs(model, src, tgt)
-    inc, cache = _decode_step_by_step(model, src, tgt)
+    inc, state = _decode_step_by_step(model, src, tgt)
     torch.testing.assert_close(inc, full, atol=ATOL, rtol=1e-5)
-    assert len(cache) == 2
-    for layer in cache:
-        assert layer["self"]["k"].shape == (3, 2, 5, 8)  # one key per target position
-        assert layer["cross"]["k"].shape == (3, 2, 5, 8)  # the source's keys, computed once
+    # Keys and values of each layer, (rows, heads, positions, d_head): the source's, computed
+    # once, and one per target position, written into buffers that grow by whole blocks.
+    assert [kv.shape for kv in state.cross_kv] == [(3, 2, 5, 8)] * 4
+    assert state.length == 5 and [kv.shape[:2] for kv in state.self_kv] == [(3, 2)] * 4
 
 
 def test_one_pass_log_probs_equal_the_search_s_steps():
@@ -225,18 +225,54 @@ def test_incremental_decoding_with_reordered_cache_matches_full_forward(kind):
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
+def test_beam_search_s_cache_moves_equal_the_full_forward(kind):
+    """As beam search uses the cache with two sentences of two hypotheses: rows expanded (the
+    source kept once per sentence, its two queries reading it together), the buffers grown past
+    their first block of positions, a reorder that moves some rows and keeps others, then one
+    that drops a sentence: every step still equals the full forward pass of the surviving
+    prefixes."""
+    from nmt.models import incremental
+
+    model = make_model(kind, "post", seed=9, decoder_layers=2)
+    torch.manual_seed(9)
+    length = incremental.BLOCK + 9  # the tiny model allows 32 positions
+    sentences = random_batch([5, 3])
+    expand = torch.tensor([0, 0, 1, 1])
+    src, tgt = sentences[expand], target_in(4, length)
+    within = torch.tensor([0, 0, 2, 2])  # rows 0 and 2 stay; 1 and 3 copy their neighbours
+    leave = torch.tensor([2, 3])  # the first sentence is done
+    with torch.no_grad():
+        state, steps = model.start(sentences), []
+        model.reorder(state, expand, expand)
+        assert state.group == 2 and state.cross_kv[0].shape[0] == 2
+        for t in range(length):
+            if t == incremental.BLOCK + 1:
+                model.reorder(state, within)
+                tgt, steps = tgt[within], [s[within] for s in steps]
+            if t == incremental.BLOCK + 5:
+                model.reorder(state, leave, leave)
+                src, tgt, steps = src[leave], tgt[leave], [s[leave] for s in steps]
+            steps.append(model.step(state, tgt[:, t : t + 1])[:, None])
+    assert state.group == 2 and state.cross_kv[0].shape[0] == 1
+    assert all(kv.shape[0] == 2 and kv.shape[2] >= length for kv in state.self_kv)
+    full = log_probs(model, src, tgt)
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=ATOL, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
 def test_cached_decode_of_several_new_positions_matches_full_forward(kind):
     """A cache plus several new positions at once (as in prefix-forced decoding)."""
+    from nmt.models import incremental
+
     model = make_model(kind, "pre", seed=7)
     torch.manual_seed(7)
     src, tgt = random_batch([4, 3]), target_in(2, 5)
     full = log_probs(model, src, tgt)
     with torch.no_grad():
         state = model.start(src)
-        memory, pad_mask, cache = state.memory, state.pad_mask, state.cache
-        first, _ = model.decode(tgt[:, :3], memory, pad_mask, cache, start=0)  # 3 positions
-        rest, _ = model.decode(tgt[:, 3:], memory, pad_mask, cache, start=3)  # 2 positions
-    inc = F.log_softmax(torch.cat([first, rest], dim=1), dim=-1)
+        first = incremental.step(model, state, tgt[:, :3])  # 3 positions
+        rest = incremental.step(model, state, tgt[:, 3:])  # 2 positions
+    inc = F.log_softmax(model.project(torch.cat([first, rest], dim=1)), dim=-1)
     torch.testing.assert_close(inc, full, atol=ATOL, rtol=1e-5)
 
 

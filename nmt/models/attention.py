@@ -1,15 +1,15 @@
 """Attention modules. Every mechanism has the same call, so the model can swap one for another:
 
-    out, weights = attn(query, memory, key_padding_mask=..., causal=..., cache=..., need_weights=...)
+    out, weights = attn(query, memory, key_padding_mask=..., causal=..., need_weights=...)
 
 - query (B, L, d_model); memory (B, S, d_model) is the key/value source (the query itself for
   self-attention, the encoder output for cross-attention);
 - key_padding_mask (B, S), True where the key is padding;
 - causal: query position i sees key positions <= i (decoder self-attention, full sequences);
-- cache: a dict owned by the caller, used during incremental decoding. Self-attention appends
-  each step's keys/values to it; cross-attention (`cross=True` at construction) computes the
-  projected keys/values of the memory once and reuses them for every later step;
 - weights (B, H, L, S) when need_weights, else None.
+
+A search's steps do not call `forward`: nmt.models.incremental uses the projections, `scores`
+and `attend` with keys and values it keeps.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _rows(linear: nn.Linear, start: int, stop: int) -> nn.Linear:
 _SMALL_BMM = 400
 
 
-def _weighted_sum(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def weighted_sum(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """weights (B, H, L, S) @ v (B, H, S, Dh). With one query and S·Dh below PyTorch's small-
     matrix bound (a decoding step's first dozen positions, short sources) that loop took 4x as
     long as a broadcast product summed over S, which adds the same terms in the same order
@@ -46,12 +46,12 @@ def _weighted_sum(weights: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
-    """What every mechanism shares: the Q/K/V projections, heads, masks and the cache.
+    """What every mechanism shares: the Q/K/V projections, heads and masks.
 
     Self-attention projects Q, K and V with one (3·d_model × d_model) `in_proj`, laid out like
     torch.nn.MultiheadAttention's in_proj_weight; cross-attention (`cross=True`) reads a fixed
-    memory, so it projects the query with `q_proj` and the memory with `kv_proj` (its keys and
-    values are cached once per sentence). Projections are split into `heads` heads of
+    memory, so it projects the query with `q_proj` and the memory with `kv_proj` (decoding
+    projects the memory once per sentence). Projections are split into `heads` heads of
     d_model/heads, and the heads' outputs are merged by `out_proj`. A subclass says only how a
     query and a key are scored (`scores`), and may compute the whole product faster (`attend`).
     """
@@ -95,44 +95,23 @@ class Attention(nn.Module):
         memory: torch.Tensor,
         key_padding_mask: torch.Tensor | None = None,
         causal: bool = False,
-        cache: dict[str, torch.Tensor] | None = None,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         d = self.d_model
-        if self.cross and cache is not None and "k" in cache:
-            # The memory's keys and values were projected at the first step.
-            q, k, v = self._split(self.q_proj(query)), cache["k"], cache["v"]
-        else:
-            q, k, v = self._project(query, memory)
-            if cache is not None:
-                if not self.cross and "k" in cache:
-                    k = torch.cat([cache["k"], k], dim=2)
-                    v = torch.cat([cache["v"], v], dim=2)
-                # Cached once, read at every step: the heads' strided views of the projection
-                # made each step's attention over them 3x slower than a contiguous copy.
-                k, v = k.contiguous(), v.contiguous()
-                cache["k"], cache["v"] = k, v
+        q, k, v = self._project(query, memory)
         mask = None
         if key_padding_mask is not None:
             mask = ~key_padding_mask[:, None, None, :]  # True = may attend
-        # The L queries are the last L of the S key positions (S > L when earlier ones are
-        # cached): query i may see keys up to S - L + i. One new query sees every key.
         L, S = q.shape[2], k.shape[2]
         causal = causal and L > 1
-        explicit = need_weights or (L == 1 and q.device.type == "cpu" and not self.training)
         # A fused kernel applies a plain causal mask itself: building it would be two more
         # operations per layer and update for nothing.
-        in_kernel = self.causal_in_kernel and mask is None and L == S and not explicit
+        in_kernel = self.causal_in_kernel and mask is None and L == S and not need_weights
         if causal and not in_kernel:
             past = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(diagonal=S - L)
             mask = past if mask is None else mask & past
         if need_weights:
             out, weights = self.attend_explicit(q, k, v, mask)
-        elif explicit:
-            # One query per row (decoding): the CPU's fused kernel works on blocks of queries
-            # and lost to the written-out product (a beam-5 pass: 4.70 s with it, 3.43 s
-            # without; docs/experiments/decoding.md, bench/decode_ops.py).
-            out, weights = self.attend_explicit(q, k, v, mask)[0], None
         else:
             # `causal` tells a fused kernel it may apply the mask itself (top-left aligned).
             out, weights = self.attend(q, k, v, mask, causal and L == S), None
@@ -154,7 +133,7 @@ class Attention(nn.Module):
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         weights = scores.softmax(dim=-1)
-        return _weighted_sum(F.dropout(weights, self.dropout, self.training), v), weights
+        return weighted_sum(F.dropout(weights, self.dropout, self.training), v), weights
 
     def attend(
         self,
@@ -318,9 +297,3 @@ class BahdanauAttention(Attention):
         step = max(1, self.chunk_elements // max(1, b * h * k.shape[2] * dh))
         # Contiguous inputs give a contiguous gate (elementwise ops follow their inputs' strides).
         return _AdditiveScores.apply(q.contiguous(), k.contiguous(), self.v.to(q.dtype), step)
-
-
-def reorder_cache(cache: dict[str, torch.Tensor], order: torch.Tensor) -> None:
-    """Select rows of every cached tensor: beam search calls this when hypotheses move."""
-    for key, value in cache.items():
-        cache[key] = value.index_select(0, order)

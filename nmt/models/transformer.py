@@ -14,7 +14,6 @@ to the logits (an imported Marian model's final_logits_bias).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,23 +22,21 @@ from torch import nn
 
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD
+from nmt.models import incremental
 from nmt.models.attention import (
     Attention,
     BahdanauAttention,
     LuongAttention,
     MultiHeadAttention,
-    reorder_cache,
 )
 from nmt.models.base import Dropout, EncoderDecoder, next_token_log_probs
-
-# One dict per decoder layer: {"self": {...}, "cross": {...}}, filled by the attention modules.
-DecoderCache = list[dict[str, dict[str, torch.Tensor]]]
+from nmt.models.incremental import TransformerState
 
 
 def build_attention(cfg: ModelConfig, site: str) -> Attention:
     """The attention mechanism the recipe names for `site` (the single place that chooses it).
 
-    Cross-attention reads a fixed memory, so its keys/values are cached once per sentence.
+    Cross-attention reads a fixed memory, so decoding projects its keys/values once per sentence.
     """
     kind = cfg.attention_at(site)
     args = (cfg.d_model, cfg.heads, cfg.attention_dropout, site == "cross")
@@ -122,12 +119,9 @@ class DecoderLayer(nn.Module):
         x: torch.Tensor,
         memory: torch.Tensor,
         src_pad_mask: torch.Tensor,
-        cache: dict[str, dict[str, torch.Tensor]] | None = None,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        self_cache = cache["self"] if cache is not None else None
-        cross_cache = cache["cross"] if cache is not None else None
-        x = self.self_block(x, lambda h: self.self_attn(h, h, causal=True, cache=self_cache)[0])
+        x = self.self_block(x, lambda h: self.self_attn(h, h, causal=True)[0])
         weights = None
 
         def cross(h: torch.Tensor) -> torch.Tensor:
@@ -136,24 +130,12 @@ class DecoderLayer(nn.Module):
                 h,
                 memory,
                 key_padding_mask=src_pad_mask,
-                cache=cross_cache,
                 need_weights=need_weights,
             )
             return out
 
         x = self.cross_block(x, cross)
         return self.ff_block(x, self.ff), weights
-
-
-@dataclass
-class TransformerState:
-    """What decoding a batch needs between steps: the encoder's output, the source padding mask
-    and the decoder's key/value cache, one row per hypothesis."""
-
-    memory: torch.Tensor  # (B, S, d_model)
-    pad_mask: torch.Tensor  # (B, S), True at padding
-    cache: DecoderCache
-    length: int = 0  # target positions decoded so far
 
 
 class Transformer(EncoderDecoder):
@@ -198,6 +180,10 @@ class Transformer(EncoderDecoder):
     def max_output_length(self) -> int:
         return self.cfg.max_positions - 1  # room for BOS
 
+    def embed_target(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Target tokens (B, T) at positions start.. -> their input vectors (B, T, d_model)."""
+        return self._embed(self.tgt_embed, tokens, start)
+
     def _embed(self, embedding: nn.Embedding, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         length = tokens.shape[1]
         if start + length > self.cfg.max_positions:
@@ -221,22 +207,14 @@ class Transformer(EncoderDecoder):
         tgt_in: torch.Tensor,
         memory: torch.Tensor,
         src_pad_mask: torch.Tensor,
-        cache: DecoderCache | None = None,
-        start: int = 0,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Target prefix (B, T) -> logits (B, T, V) and the last layer's cross-attention weights
-        (B, H, T, S).
-
-        With a cache, `tgt_in` holds only the new position(s) starting at `start`; keys and values
-        of earlier positions come from the cache.
-        """
-        x = self._embed(self.tgt_embed, tgt_in, start)
+        (B, H, T, S). (A search feeds one position at a time through `step` instead.)"""
+        x = self.embed_target(tgt_in)
         weights = None
-        for i, layer in enumerate(self.decoder_layers):
-            x, weights = layer(
-                x, memory, src_pad_mask, None if cache is None else cache[i], need_weights
-            )
+        for layer in self.decoder_layers:
+            x, weights = layer(x, memory, src_pad_mask, need_weights)
         return self.project(self.decoder_norm(x)), weights
 
     # -- training ------------------------------------------------------------------------------
@@ -244,7 +222,7 @@ class Transformer(EncoderDecoder):
     def features(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: the decoder's output states (B, T, d_model) for a target prefix."""
         memory, pad_mask = self.encode(src)
-        x = self._embed(self.tgt_embed, tgt_in)
+        x = self.embed_target(tgt_in)
         for layer in self.decoder_layers:
             x, _ = layer(x, memory, pad_mask)
         return self.decoder_norm(x)
@@ -263,18 +241,13 @@ class Transformer(EncoderDecoder):
         _, weights = self.decode(tgt_in, memory, pad_mask, need_weights=True)
         return weights.float().mean(dim=1)
 
-    # -- search --------------------------------------------------------------------------------
+    # -- search: nmt.models.incremental ------------------------------------------------------
 
     def start(self, src: torch.Tensor) -> TransformerState:
-        memory, pad_mask = self.encode(src)
-        return TransformerState(
-            memory, pad_mask, [{"self": {}, "cross": {}} for _ in self.decoder_layers]
-        )
+        return incremental.start(self, src)
 
     def step(self, state: TransformerState, tokens: torch.Tensor) -> torch.Tensor:
-        logits, _ = self.decode(tokens, state.memory, state.pad_mask, state.cache, state.length)
-        state.length += tokens.shape[1]
-        return next_token_log_probs(logits[:, -1])
+        return next_token_log_probs(self.project(incremental.step(self, state, tokens)[:, -1]))
 
     def reorder(
         self,
@@ -282,10 +255,4 @@ class Transformer(EncoderDecoder):
         order: torch.Tensor,
         source_order: torch.Tensor | None = None,
     ) -> None:
-        for layer in state.cache:
-            reorder_cache(layer["self"], order)
-            if source_order is not None:
-                reorder_cache(layer["cross"], source_order)
-        if source_order is not None:
-            state.memory = state.memory.index_select(0, source_order)
-            state.pad_mask = state.pad_mask.index_select(0, source_order)
+        incremental.reorder(state, order, source_order)

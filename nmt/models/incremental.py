@@ -1,0 +1,193 @@
+"""The Transformer's decoding step: what a search calls once per output position.
+
+A search feeds each hypothesis one new token per step. Everything the step can compute ahead
+is computed once:
+
+- the cross-attention's keys and values of the source, for every decoder layer, projected once
+  when the batch starts;
+- the self-attention's keys and values of the positions decoded so far, written in place into
+  buffers that grow by whole blocks of positions, so a step appends without copying the past
+  (`torch.cat` copied every layer's cache at every step);
+- the source padding mask, in the shape the scores broadcast against.
+
+The hypotheses of one sentence (beam search's K rows) share its source: its keys and values
+are kept once, and the K queries attend to them together.
+
+A step is then the layers' arithmetic written out for its few new positions, with no mask
+built and no module other than the linear layers called (a one-sentence step was a few hundred
+small operators, where Python's overhead cost more than the arithmetic:
+docs/experiments/decoding.md, "Issue 38"). When beam search moves hypotheses, only the rows
+that changed are copied.
+
+`Transformer.start`, `step` and `reorder` are these functions; the model's own forward pass
+(training, teacher forcing) does not use them, and tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nmt.models.attention import weighted_sum
+
+# The self-attention cache grows by this many positions at a time: about the memory of a cache
+# that holds exactly the positions decoded (peak memory stays where it was), with a copy of the
+# past only every BLOCK steps.
+BLOCK = 16
+
+
+@dataclass
+class TransformerState:
+    """What decoding a batch needs between steps, one row per hypothesis."""
+
+    # Layer i's keys at 2i, its values at 2i + 1: the source's (rows, heads, S, d_head) and
+    # the decoded positions' (rows, heads, capacity, d_head). Tensors of their own with rows
+    # first, not one stacked tensor: a reorder is then a fast `index_select` along the first
+    # dimension (along an inner one it took 10x as long), and an allocation of each stays
+    # below the size where every new one costs page faults.
+    cross_kv: list[torch.Tensor]
+    may_attend: torch.Tensor  # (sources, 1, 1, S), False at source padding
+    self_kv: list[torch.Tensor]
+    length: int = 0  # target positions decoded so far
+    # Rows per source: a beam's hypotheses share their sentence's keys and values, which are
+    # kept once and read by the group's queries together (no copy per hypothesis).
+    group: int = 1
+
+
+def start(model, src: torch.Tensor) -> TransformerState:
+    """Encode a batch and project every layer's cross-attention keys and values once."""
+    memory, pad_mask = model.encode(src)
+    rows, S, _ = memory.shape
+    cross_kv, self_kv = [], []
+    for layer in model.decoder_layers:
+        attn = layer.cross_attn
+        heads, d_head = attn.heads, attn.head_dim
+        k, v = attn.kv_proj(memory).view(rows, S, 2, heads, d_head).permute(2, 0, 3, 1, 4)
+        cross_kv += [k.contiguous(), v.contiguous()]
+        self_kv += [memory.new_empty(rows, heads, BLOCK, d_head) for _ in "kv"]
+    return TransformerState(cross_kv, ~pad_mask[:, None, None, :], self_kv)
+
+
+def _grow(state: TransformerState, needed: int) -> None:
+    capacity = state.self_kv[0].shape[2]
+    if needed <= capacity:
+        return
+    grown = -(-needed // BLOCK) * BLOCK
+    for j, kv in enumerate(state.self_kv):
+        bigger = kv.new_empty(kv.shape[0], kv.shape[1], grown, kv.shape[3])
+        bigger[:, :, : state.length] = kv[:, :, : state.length]
+        state.self_kv[j] = bigger
+
+
+def _attend(attn, q, k, v, may_attend):
+    """softmax(scores(q, k)) v for a few new queries. On the CPU the product is written out:
+    PyTorch's fused kernel works on blocks of queries and lost to it for one query a row
+    (a beam-5 pass: 4.70 s against 3.43 s; docs/experiments/decoding.md)."""
+    if q.device.type != "cpu":
+        return attn.attend(q, k, v, may_attend, False)
+    scores = attn.scores(q, k)
+    if may_attend is not None:
+        scores = scores.masked_fill(~may_attend, float("-inf"))
+    return weighted_sum(scores.softmax(dim=-1), v)
+
+
+def _merge(out: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = out.shape  # (B, H, N, Dh) -> (B, N, H*Dh)
+    return out.transpose(1, 2).reshape(b, n, h * d)
+
+
+def step(model, state: TransformerState, tokens: torch.Tensor) -> torch.Tensor:
+    """Feed `tokens` (rows, n): the decoder's output states (rows, n, d_model) of the n new
+    positions, each seeing the positions before it; the cache advances by n."""
+    _grow(state, state.length + tokens.shape[1])
+    x = decoder(
+        model, tokens, state.length, state.self_kv, state.cross_kv, state.may_attend, state.group
+    )
+    state.length += tokens.shape[1]
+    return x
+
+
+def decoder(
+    model,
+    tokens: torch.Tensor,
+    at: int,
+    self_kv: list[torch.Tensor],
+    cross_kv: list[torch.Tensor],
+    may_attend: torch.Tensor,
+    group: int = 1,
+) -> torch.Tensor:
+    """The decoder layers on new positions at..at+n; writes their keys and values into
+    `self_kv`, which has room for them. Each `group` of consecutive rows reads one source row
+    of `cross_kv`."""
+    rows, n = tokens.shape
+    end = at + n
+    x = model.embed_target(tokens, at)
+    causal = None
+    if n > 1:  # new position j sees the cache and new positions up to j
+        causal = torch.ones(n, end, dtype=torch.bool, device=x.device).tril(diagonal=at)
+    pre_norm = model.cfg.norm == "pre"
+    for i, layer in enumerate(model.decoder_layers):
+        attn = layer.self_attn
+        block = layer.self_block
+        h = block.norm(x) if pre_norm else x
+        heads, d_head = attn.heads, attn.head_dim
+        qkv = attn.in_proj(h).view(rows, n, 3, heads, d_head).permute(2, 0, 3, 1, 4)
+        k, v = self_kv[2 * i], self_kv[2 * i + 1]
+        k[:, :, at:end], v[:, :, at:end] = qkv[1], qkv[2]
+        k, v = k[:, :, :end], v[:, :, :end]
+        out = attn.out_proj(_merge(_attend(attn, qkv[0], k, v, causal)))
+        x = x + out if pre_norm else block.norm(x + out)
+
+        attn = layer.cross_attn
+        block = layer.cross_block
+        h = block.norm(x) if pre_norm else x
+        q = attn.q_proj(h).view(rows // group, group * n, heads, d_head).transpose(1, 2)
+        out = _attend(attn, q, cross_kv[2 * i], cross_kv[2 * i + 1], may_attend)
+        out = attn.out_proj(_merge(out).view(rows, n, heads * d_head))
+        x = x + out if pre_norm else block.norm(x + out)
+
+        block = layer.ff_block
+        out = layer.ff(block.norm(x) if pre_norm else x)
+        x = x + out if pre_norm else block.norm(x + out)
+    return model.decoder_norm(x)
+
+
+def reorder(
+    state: TransformerState, order: torch.Tensor, source_order: torch.Tensor | None = None
+) -> None:
+    """Rows of the decoder's cache by `order`, of the source side by `source_order` (None:
+    the source side stays). When no row moved, nothing is copied. Otherwise the decoded
+    positions are copied once, into new buffers with room for exactly the next position: beam
+    search reorders at every step, so its buffers stay full, hence contiguous, and
+    `index_select` takes its fast path (on a strided view it was 2x slower; `index_select`
+    then `cat`, as before, took three times as long for 320 rows)."""
+    rows, t = state.self_kv[0].shape[0], state.length
+    same = order.numel() == rows and bool(order.eq(torch.arange(rows, device=order.device)).all())
+    if not same:
+        moved = []
+        for kv in state.self_kv:
+            new = kv.new_empty(order.numel(), kv.shape[1], t + 1, kv.shape[3])
+            torch.index_select(kv[:, :, :t], 0, order, out=new[:, :, :t])
+            moved.append(new)
+        state.self_kv = moved
+    if source_order is not None:
+        _reorder_source(state, source_order // state.group)
+
+
+def _reorder_source(state: TransformerState, source: torch.Tensor) -> None:
+    """New rows read source rows `source`. When they come in equal runs (beam search: K rows a
+    sentence) the source side keeps one row per run; otherwise one per row."""
+    group = int(source.eq(source[0]).sum())
+    runs = source.view(-1, group) if source.numel() % group == 0 else None
+    if runs is not None and bool(runs.eq(runs[:, :1]).all()):
+        source = runs[:, 0]
+    else:
+        group = 1
+    state.group = group
+    if source.numel() == state.may_attend.shape[0] and bool(
+        source.eq(torch.arange(source.numel(), device=source.device)).all()
+    ):
+        return
+    state.cross_kv = [kv.index_select(0, source) for kv in state.cross_kv]
+    state.may_attend = state.may_attend.index_select(0, source)
