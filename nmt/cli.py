@@ -42,6 +42,17 @@ SetOpt = Annotated[
 ]
 
 
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="Take a Transformer's decoding steps through torch.compile: the first batches "
+        "of each shape wait for the compiler (tens of seconds on a CPU, less once its disk "
+        "cache holds them), later steps are faster, most one sentence at a time "
+        "(docs/results.md). For long runs and servers.",
+    ),
+]
+
 ThreadsOpt = Annotated[
     int,
     typer.Option(
@@ -278,6 +289,7 @@ def translate(
             "in batches and 1.1x one sentence at a time: docs/results.md)."
         ),
     ] = "none",
+    compile: CompileOpt = False,
     threads: ThreadsOpt = 0,
 ) -> None:
     """Translate lines of text (a file or stdin), one output line per input line. CHECKPOINTS
@@ -343,7 +355,12 @@ def translate(
             held = lock.hold_if_run_folder(output.parent, "write a translation")
         with held:
             translator = Translator.load(
-                checkpoints, device=device, precision=precision, quantize=quantize, **decoding
+                checkpoints,
+                device=device,
+                precision=precision,
+                quantize=quantize,
+                compile=compile,
+                **decoding,
             )
             if input is not None:
                 sources = read_lines(input)
@@ -777,6 +794,7 @@ def serve(
         str, typer.Option(help="auto (bf16/fp16 on GPU, fp32 on CPU), fp32, bf16 or fp16.")
     ] = "auto",
     quantize: Annotated[str, typer.Option(help="none, or int8 (CPU only).")] = "none",
+    compile: CompileOpt = False,
     threads: ThreadsOpt = 0,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
     api_keys: Annotated[
@@ -839,6 +857,7 @@ def serve(
             device=device,
             precision=precision,
             quantize=quantize,
+            compile=compile,
             access_log=access_log,
             access=access,
             cors_origins=cors_origin or (),

@@ -268,3 +268,25 @@ def test_translate_sampling_through_cli_is_seeded(trained_run):
     assert a.exit_code == 0, a.output
     assert a.stdout == b.stdout and len(a.stdout.splitlines()) == 2
     assert_user_error(nmt(*args, "--top-p", "0", input=text), "decode.top_p")
+
+
+LINES = ["The dog laughed.", "", "A cat saw the boy near the old house.", "Two men ran."]
+
+
+def test_compile_option_translates_as_the_eager_steps_do(trained_run, tmp_path):
+    """`nmt translate --compile`: the same translations as without it (beam search in
+    batches of two, the trained toy model)."""
+    text = "\n".join(LINES) + "\n"
+    args = ("translate", str(trained_run), "--beam-size", "3", "--batch-size", "2")
+    eager = nmt(*args, input=text)
+    compiled = nmt(*args, "--compile", input=text)
+    assert eager.exit_code == compiled.exit_code == 0, compiled.output
+    assert compiled.stdout == eager.stdout
+
+
+def test_compile_is_refused_where_there_is_no_compiled_step():
+    from nmt.config import ModelConfig
+    from nmt.models.builder import build_model
+
+    rnn = build_model(ModelConfig(arch="rnn", hidden_size=16, d_model=8), 12, 12, True)
+    assert not rnn.compile_decoding()

@@ -76,6 +76,7 @@ class Translator:
         device: str = "auto",
         precision: str = "auto",
         quantize: str = "none",
+        compile: bool = False,
         **decode_overrides: Any,
     ) -> Translator:
         """A translator for one checkpoint or run folder, or for an ensemble of several.
@@ -84,13 +85,17 @@ class Translator:
         decoding settings of its recipe.yaml (where `nmt tune` writes them); a checkpoint file
         gives its own recipe's. The first model's settings apply to an ensemble; keyword
         arguments (None: keep) override them. `quantize="int8"` quantizes the linear layers
-        (CPU only). A folder written by `nmt export` is decoded by CTranslate2 (nmt.decoding.ct2)."""
+        (CPU only). `compile=True` takes a Transformer's decoding steps through torch.compile
+        (nmt.models.incremental; the first batches of each shape wait for the compiler). A
+        folder written by `nmt export` is decoded by CTranslate2 (nmt.decoding.ct2)."""
         if quantize not in QUANTIZE_CHOICES:
             raise NmtError(
                 f"unknown quantization '{quantize}'; choose from {', '.join(QUANTIZE_CHOICES)}"
             )
         first = path if isinstance(path, (str, Path)) else next(iter(path), None)
         if first is not None and ct2.is_export(first):
+            if compile:
+                raise NmtError(f"{first} is a CTranslate2 export, compiled already: drop --compile")
             engine, src_tok, tgt_tok, decode, info = ct2.load_export(
                 path, device, precision, quantize, **decode_overrides
             )
@@ -127,6 +132,8 @@ class Translator:
             if resolved != "fp32":
                 raise NmtError(f"--quantize int8 needs fp32 activations, not {resolved}")
             quantize_int8(model)
+        if compile and not model.compile_decoding():
+            raise NmtError("--compile needs a Transformer model; RNN models decode eagerly")
         info = {
             "checkpoint": str(first),
             "step": state.get("step"),

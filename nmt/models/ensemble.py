@@ -41,5 +41,8 @@ class Ensemble(EncoderDecoder):
         for m, s in zip(self.models, state):
             m.reorder(s, order, source_order)
 
+    def compile_decoding(self) -> bool:
+        return all([m.compile_decoding() for m in self.models])
+
     def cross_attention(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         return torch.stack([m.cross_attention(src, tgt_in) for m in self.models]).mean(0)

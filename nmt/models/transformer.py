@@ -256,3 +256,7 @@ class Transformer(EncoderDecoder):
         source_order: torch.Tensor | None = None,
     ) -> None:
         incremental.reorder(state, order, source_order)
+
+    def compile_decoding(self) -> bool:
+        self.compiled_decoder = incremental.CompiledDecoder()
+        return True

@@ -101,6 +101,7 @@ def load_models(
     device: str = "auto",
     precision: str = "auto",
     quantize: str = "none",
+    compile: bool = False,
 ) -> list[ServedModel]:
     """Load each run folder or checkpoint, given as `PATH` (named after the folder, or the
     file's stem) or `NAME=PATH`."""
@@ -109,7 +110,9 @@ def load_models(
         name, path = _name_and_path(spec)
         if any(m.name == name for m in served):
             raise NmtError(f"two models are named '{name}'; name them yourself with NAME=PATH")
-        translator = Translator.load(path, device=device, precision=precision, quantize=quantize)
+        translator = Translator.load(
+            path, device=device, precision=precision, quantize=quantize, compile=compile
+        )
         served.append(ServedModel(name, translator, _describe(name, path, translator)))
     if not served:
         raise NmtError("no model to serve; give a run folder or a checkpoint")
@@ -716,6 +719,7 @@ def serve(
     device: str = "auto",
     precision: str = "auto",
     quantize: str = "none",
+    compile: bool = False,
     access_log: bool = False,
     access: Access | None = None,
     cors_origins: Sequence[str] = (),
@@ -732,7 +736,7 @@ def serve(
         require_prometheus()
     sock = _bind(host, port)  # before loading models: a taken port fails at once
     try:
-        served = load_models(models, device, precision, quantize)
+        served = load_models(models, device, precision, quantize, compile)
         app = create_app(
             served, limits, batching, access=access, cors_origins=cors_origins, metrics=metrics
         )
