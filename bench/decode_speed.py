@@ -12,7 +12,8 @@ a shared machine's slow minutes fall on every setting alike.
         --setting beam5_int8=beam_size=5,quantize=int8 --setting beam5_b1=beam_size=5,batch_size=1
 
 A setting is NAME=key=value[,key=value]: any decode key (beam_size, method, batch_size,
-batch_tokens, length_penalty, ...) or quantize=int8, precision=bf16, device=cuda, or
+batch_tokens, length_penalty, ...) or quantize=int8, precision=bf16, device=cuda, compile=1,
+shortlist=1 (`nmt translate --compile / --shortlist`), or
 export=DIR: translate with DIR, the model written by `nmt export --to ctranslate2`, which
 CTranslate2 decodes (there quantize=int8 and precision choose its compute type). CTranslate2
 runs on as many threads as torch (--threads). tree=DIR runs the nmt of another checkout (a
@@ -161,6 +162,9 @@ def _table(results: list[dict]) -> str:
         )
         if "tree" in r["values"]:
             engine += f" at {r['values']['tree']}"
+        for option in ("compile", "shortlist"):
+            if r["values"].get(option):
+                engine += f" --{option}"
         rows.append(
             f"| {r['setting']} | {engine} | {r['sentences_per_s']} | {r['ms_per_sentence']} "
             f"| {r['tgt_tokens_per_s']} | {r['max_rss_mib']} | {ratio} |"

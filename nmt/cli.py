@@ -53,6 +53,16 @@ CompileOpt = Annotated[
     ),
 ]
 
+ShortlistOpt = Annotated[
+    bool,
+    typer.Option(
+        "--shortlist",
+        help="Decode each batch over a lexical shortlist (the likeliest translations of its "
+        "source tokens, from IBM Model 1 on the run's training data, built once into "
+        "RUN/shortlist.pt): faster, with a small BLEU change (docs/results.md).",
+    ),
+]
+
 ThreadsOpt = Annotated[
     int,
     typer.Option(
@@ -290,6 +300,7 @@ def translate(
         ),
     ] = "none",
     compile: CompileOpt = False,
+    shortlist: ShortlistOpt = False,
     threads: ThreadsOpt = 0,
 ) -> None:
     """Translate lines of text (a file or stdin), one output line per input line. CHECKPOINTS
@@ -360,6 +371,7 @@ def translate(
                 precision=precision,
                 quantize=quantize,
                 compile=compile,
+                shortlist=shortlist,
                 **decoding,
             )
             if input is not None:
@@ -795,6 +807,7 @@ def serve(
     ] = "auto",
     quantize: Annotated[str, typer.Option(help="none, or int8 (CPU only).")] = "none",
     compile: CompileOpt = False,
+    shortlist: ShortlistOpt = False,
     threads: ThreadsOpt = 0,
     access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
     api_keys: Annotated[
@@ -858,6 +871,7 @@ def serve(
             precision=precision,
             quantize=quantize,
             compile=compile,
+            shortlist=shortlist,
             access_log=access_log,
             access=access,
             cors_origins=cors_origin or (),

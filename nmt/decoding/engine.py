@@ -17,6 +17,7 @@ from nmt.data.batches import batches_by_size, pad_sequences
 from nmt.data.tokenizer import BOS, EOS
 from nmt.decoding.records import ReferenceScore
 from nmt.decoding.search import Guide, Hypothesis, pause, search
+from nmt.decoding.shortlist import Shortlist
 from nmt.models.base import EncoderDecoder
 from nmt.utils.device import Precision, autocast
 
@@ -30,10 +31,12 @@ class TorchEngine:
         device: torch.device,
         precision: Precision = "fp32",
         seed: int = 1,
+        shortlist: Shortlist | None = None,
     ) -> None:
         self.model = model
         self.device = device
         self.precision = precision
+        self.shortlist = shortlist
         # Sampling draws from its own seeded generator: the same seed, the same samples.
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
@@ -52,10 +55,19 @@ class TorchEngine:
         decode: DecodeConfig,
         guide: Guide | None = None,
     ) -> list[list[Hypothesis]]:
-        src = pad_sequences([torch.tensor(s) for s in batch], None, EOS).to(self.device)
+        src = pad_sequences([torch.tensor(s) for s in batch], None, EOS)
+        vocab = None
+        if self.shortlist is not None:
+            vocab = self.shortlist.allowed(src, _guide_tokens(guide))
         with autocast(self.device, self.precision):
             return search(
-                self.model, src, decode, nbest=nbest, generator=self.generator, guide=guide
+                self.model,
+                src.to(self.device),
+                decode,
+                nbest=nbest,
+                generator=self.generator,
+                guide=guide,
+                vocab=vocab,
             )
 
     @torch.inference_mode()
@@ -103,3 +115,12 @@ class TorchEngine:
                 total = float(token_lp.double().sum())
                 results[i] = ReferenceScore(total, total / len(target), len(target))
         return results  # type: ignore[return-value]
+
+
+def _guide_tokens(guide: Guide | None) -> list[int]:
+    """The target ids a guide forces (its prefixes' and constraints'): a shortlist keeps them."""
+    if guide is None:
+        return []
+    tokens = [t for prefix in guide.prefixes for t in prefix]
+    tokens += [t for phrases in guide.constraints for phrase in phrases for t in phrase]
+    return tokens

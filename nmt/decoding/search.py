@@ -224,16 +224,19 @@ def search(
     nbest: int = 1,
     generator: torch.Generator | None = None,
     guide: Guide | None = None,
+    vocab: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """The search `options.method` names; each sentence's hypotheses, best first (one for
     greedy search and sampling; `generator` seeds sampling). A `guide` with constraints needs
-    beam search; its prefixes work with every search."""
+    beam search; its prefixes work with every search. `vocab`: a shortlist, the only target
+    ids the search may choose (nmt.decoding.shortlist)."""
     if options.method == "beam":
-        return beam_search(model, src, options, nbest=nbest, guide=guide)
+        return beam_search(model, src, options, nbest=nbest, guide=guide, vocab=vocab)
     if guide is not None and any(guide.constraints):
         raise NmtError("constraints need beam search (decode.method: beam)")
     prefixes = guide.prefixes if guide is not None else None
-    return [[h] for h in greedy_search(model, src, options, generator=generator, prefixes=prefixes)]
+    hyps = greedy_search(model, src, options, generator=generator, prefixes=prefixes, vocab=vocab)
+    return [[h] for h in hyps]
 
 
 @torch.inference_mode()
@@ -244,6 +247,7 @@ def greedy_search(
     *,
     generator: torch.Generator | None = None,
     prefixes: list[list[int]] | None = None,
+    vocab: torch.Tensor | None = None,
 ) -> list[Hypothesis]:
     """The most likely token at each step or, with `options.method == "sample"`, a sampled
     one; each sentence's `prefixes` entry (target tokens) is forced first. Scores are the
@@ -255,7 +259,7 @@ def greedy_search(
     limits = max_lengths(src, options.max_len_a, options.max_len_b, model.max_output_length)
     prefixes = prefixes or [[] for _ in limits]
     limits = [max(n, min(len(p), model.max_output_length)) for n, p in zip(limits, prefixes)]
-    state = model.start(src)
+    state = model.start(src) if vocab is None else model.start(src, vocab)
     active = list(range(src.shape[0]))  # sentence of each row
     tokens = torch.full((len(active), 1), BOS, dtype=torch.long, device=device)
     scores = torch.zeros(len(active), device=device)
@@ -460,6 +464,7 @@ def beam_search(
     *,
     nbest: int = 1,
     guide: Guide | None = None,
+    vocab: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
     """Returns, for each sentence, its `nbest` best finished hypotheses, best first.
 
@@ -483,7 +488,7 @@ def beam_search(
         last_step = max(
             min(n + guide.extra_steps(i), model.max_output_length) for i, n in enumerate(limits)
         )
-    state = model.start(src)
+    state = model.start(src) if vocab is None else model.start(src, vocab)
     expand = torch.arange(n_sent, device=device).repeat_interleave(K)
     model.reorder(state, expand, expand)  # K rows per sentence
     active = list(range(n_sent))

@@ -22,6 +22,7 @@ from nmt.config import DecodeConfig
 from nmt.data.batches import batches_by_size
 from nmt.data.tokenizer import UNK, Tokenizer
 from nmt.decoding import ct2
+from nmt.decoding import shortlist as lexical
 from nmt.decoding.ct2 import CTranslate2Engine
 from nmt.decoding.engine import TorchEngine
 from nmt.decoding.lines import in_step
@@ -32,6 +33,7 @@ from nmt.models.base import count_parameters
 from nmt.models.builder import load_model
 from nmt.models.ensemble import Ensemble
 from nmt.models.quantize import QUANTIZE_CHOICES, quantize_int8
+from nmt.models.transformer import Transformer
 from nmt.utils.device import resolve_device, resolve_precision
 
 log = logging.getLogger("nmt")
@@ -77,6 +79,7 @@ class Translator:
         precision: str = "auto",
         quantize: str = "none",
         compile: bool = False,
+        shortlist: bool = False,
         **decode_overrides: Any,
     ) -> Translator:
         """A translator for one checkpoint or run folder, or for an ensemble of several.
@@ -86,16 +89,19 @@ class Translator:
         gives its own recipe's. The first model's settings apply to an ensemble; keyword
         arguments (None: keep) override them. `quantize="int8"` quantizes the linear layers
         (CPU only). `compile=True` takes a Transformer's decoding steps through torch.compile
-        (nmt.models.incremental; the first batches of each shape wait for the compiler). A
-        folder written by `nmt export` is decoded by CTranslate2 (nmt.decoding.ct2)."""
+        (nmt.models.incremental; the first batches of each shape wait for the compiler).
+        `shortlist=True` decodes each batch over a lexical shortlist built from the run's
+        training data (nmt.decoding.shortlist). A folder written by `nmt export` is decoded by
+        CTranslate2 (nmt.decoding.ct2)."""
         if quantize not in QUANTIZE_CHOICES:
             raise NmtError(
                 f"unknown quantization '{quantize}'; choose from {', '.join(QUANTIZE_CHOICES)}"
             )
         first = path if isinstance(path, (str, Path)) else next(iter(path), None)
         if first is not None and ct2.is_export(first):
-            if compile:
-                raise NmtError(f"{first} is a CTranslate2 export, compiled already: drop --compile")
+            if compile or shortlist:
+                option = "--compile" if compile else "--shortlist"
+                raise NmtError(f"{first} is a CTranslate2 export: {option} is for nmt's own models")
             engine, src_tok, tgt_tok, decode, info = ct2.load_export(
                 path, device, precision, quantize, **decode_overrides
             )
@@ -141,7 +147,14 @@ class Translator:
             # Counted before int8 quantization, which would hide the quantized weights.
             "parameters": parameters,
         }
-        engine = TorchEngine(model, dev, resolved, decode.sampling_seed)
+        words = None
+        if shortlist:
+            members = model.models if isinstance(model, Ensemble) else [model]
+            if not all(isinstance(m, Transformer) for m in members):
+                raise NmtError("--shortlist needs a Transformer model; RNN models decode without")
+            run_dir = Path(paths[0]) if Path(paths[0]).is_dir() else Path(first).parent
+            words = lexical.for_run(run_dir, recipe.prepared_dir)
+        engine = TorchEngine(model, dev, resolved, decode.sampling_seed, words)
         return cls(engine, src_tok, tgt_tok, decode, info)
 
     def _encode(self, lines: list[str], cut: set[int] | None = None) -> list[list[int]]:

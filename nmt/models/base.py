@@ -8,7 +8,9 @@ search never asks which architecture it decodes.
     features(src, tgt_in) -> states (B, T, d)   teacher forcing: decoder output states
     project(states) -> logits (..., V)          onto the target vocabulary
     log_probs(src, tgt_in) -> (B, T, V)         teacher forcing: next-token log-probabilities
-    start(src) -> state                         encode a batch; the decoding state, one row each
+    start(src, vocab=None) -> state             encode a batch; the decoding state, one row each;
+                                                `vocab`: a shortlist of target ids, the only
+                                                ones `step` then gives a probability
     step(state, tokens (B, n)) -> (B, V)        feed n new tokens per row; log-probabilities of
                                                 the next token (float32); the state advances
     reorder(state, order, source_order=None)    select rows after the search moved hypotheses:
@@ -85,7 +87,7 @@ class EncoderDecoder(nn.Module):
         target position, (B, T, V), in one pass."""
         return F.log_softmax(self.project(self.features(src, tgt_in)).float(), dim=-1)
 
-    def start(self, src: torch.Tensor) -> Any:
+    def start(self, src: torch.Tensor, vocab: torch.Tensor | None = None) -> Any:
         raise NotImplementedError
 
     def step(self, state: Any, tokens: torch.Tensor) -> torch.Tensor:

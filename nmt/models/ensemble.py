@@ -28,8 +28,8 @@ class Ensemble(EncoderDecoder):
         members = [m.log_probs(src, tgt_in) for m in self.models]
         return torch.log_softmax(torch.stack(members).mean(0), dim=-1)
 
-    def start(self, src: torch.Tensor) -> list:
-        return [m.start(src) for m in self.models]
+    def start(self, src: torch.Tensor, vocab: torch.Tensor | None = None) -> list:
+        return [m.start(src, vocab) for m in self.models]
 
     def step(self, state: list, tokens: torch.Tensor) -> torch.Tensor:
         log_probs = [m.step(s, tokens) for m, s in zip(self.models, state)]

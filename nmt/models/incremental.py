@@ -30,11 +30,14 @@ decodes 1.2-1.35x faster, batches of 64 do not (docs/experiments/decoding.md, "I
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from nmt.models.attention import weighted_sum
+from nmt.models.base import next_token_log_probs
 
 log = logging.getLogger("nmt")
 
@@ -60,10 +63,15 @@ class TransformerState:
     # Rows per source: a beam's hypotheses share their sentence's keys and values, which are
     # kept once and read by the group's queries together (no copy per hypothesis).
     group: int = 1
+    # A shortlist: the target ids the search may choose, and their rows of the output layer.
+    vocab: torch.Tensor | None = None
+    vocab_weight: torch.Tensor | None = None
+    vocab_bias: torch.Tensor | None = None
 
 
-def start(model, src: torch.Tensor) -> TransformerState:
-    """Encode a batch and project every layer's cross-attention keys and values once."""
+def start(model, src: torch.Tensor, vocab: torch.Tensor | None = None) -> TransformerState:
+    """Encode a batch and project every layer's cross-attention keys and values once; with
+    `vocab` (sorted target ids), take the output layer's rows for them once."""
     memory, pad_mask = model.encode(src)
     rows, S, _ = memory.shape
     cross_kv, self_kv = [], []
@@ -73,7 +81,13 @@ def start(model, src: torch.Tensor) -> TransformerState:
         k, v = attn.kv_proj(memory).view(rows, S, 2, heads, d_head).permute(2, 0, 3, 1, 4)
         cross_kv += [k.contiguous(), v.contiguous()]
         self_kv += [memory.new_empty(rows, heads, BLOCK, d_head) for _ in "kv"]
-    return TransformerState(cross_kv, ~pad_mask[:, None, None, :], self_kv)
+    state = TransformerState(cross_kv, ~pad_mask[:, None, None, :], self_kv)
+    if vocab is not None:
+        state.vocab = vocab.to(memory.device)
+        state.vocab_weight = model.output_projection.weight.index_select(0, state.vocab)
+        if model.cfg.output_bias:
+            state.vocab_bias = model.output_bias.index_select(0, state.vocab)
+    return state
 
 
 def _grow(state: TransformerState, needed: int) -> None:
@@ -278,3 +292,13 @@ class CompiledDecoder:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 log.warning(f"compiling the decoding step failed, decoding eagerly ({first})")
         return decoder_apart(*args)
+
+
+def log_probs(model, state: TransformerState, states: torch.Tensor) -> torch.Tensor:
+    """Decoder output states (rows, d_model) -> next-token log-probabilities (rows, V); with a
+    shortlist, projected onto its tokens only and renormalised over them (-inf elsewhere)."""
+    if state.vocab is None:
+        return next_token_log_probs(model.project(states))
+    logits = F.linear(states, state.vocab_weight, state.vocab_bias)
+    full = logits.new_full((states.shape[0], model.output_projection.out_features), -math.inf)
+    return full.index_copy_(1, state.vocab, next_token_log_probs(logits).to(full.dtype))

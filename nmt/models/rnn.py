@@ -49,6 +49,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from nmt.config import ModelConfig
 from nmt.data.tokenizer import PAD
+from nmt.errors import NmtError
 from nmt.models.base import Dropout, EncoderDecoder, next_token_log_probs
 
 # A GRU's state (layers, B, H), or an LSTM's (h, c).
@@ -303,7 +304,9 @@ class RNNModel(EncoderDecoder):
 
     # -- search --------------------------------------------------------------------------------
 
-    def start(self, src: torch.Tensor) -> RNNState:
+    def start(self, src: torch.Tensor, vocab: torch.Tensor | None = None) -> RNNState:
+        if vocab is not None:
+            raise NmtError("a shortlist needs a Transformer model; RNN models decode without")
         return self.decoder.start(*self.encode(src))
 
     def step(self, state: RNNState, tokens: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,7 @@ from nmt.models.attention import (
     LuongAttention,
     MultiHeadAttention,
 )
-from nmt.models.base import Dropout, EncoderDecoder, next_token_log_probs
+from nmt.models.base import Dropout, EncoderDecoder
 from nmt.models.incremental import TransformerState
 
 
@@ -243,11 +243,11 @@ class Transformer(EncoderDecoder):
 
     # -- search: nmt.models.incremental ------------------------------------------------------
 
-    def start(self, src: torch.Tensor) -> TransformerState:
-        return incremental.start(self, src)
+    def start(self, src: torch.Tensor, vocab: torch.Tensor | None = None) -> TransformerState:
+        return incremental.start(self, src, vocab)
 
     def step(self, state: TransformerState, tokens: torch.Tensor) -> torch.Tensor:
-        return next_token_log_probs(self.project(incremental.step(self, state, tokens)[:, -1]))
+        return incremental.log_probs(self, state, incremental.step(self, state, tokens)[:, -1])
 
     def reorder(
         self,

@@ -102,6 +102,7 @@ def load_models(
     precision: str = "auto",
     quantize: str = "none",
     compile: bool = False,
+    shortlist: bool = False,
 ) -> list[ServedModel]:
     """Load each run folder or checkpoint, given as `PATH` (named after the folder, or the
     file's stem) or `NAME=PATH`."""
@@ -111,7 +112,12 @@ def load_models(
         if any(m.name == name for m in served):
             raise NmtError(f"two models are named '{name}'; name them yourself with NAME=PATH")
         translator = Translator.load(
-            path, device=device, precision=precision, quantize=quantize, compile=compile
+            path,
+            device=device,
+            precision=precision,
+            quantize=quantize,
+            compile=compile,
+            shortlist=shortlist,
         )
         served.append(ServedModel(name, translator, _describe(name, path, translator)))
     if not served:
@@ -720,6 +726,7 @@ def serve(
     precision: str = "auto",
     quantize: str = "none",
     compile: bool = False,
+    shortlist: bool = False,
     access_log: bool = False,
     access: Access | None = None,
     cors_origins: Sequence[str] = (),
@@ -736,7 +743,7 @@ def serve(
         require_prometheus()
     sock = _bind(host, port)  # before loading models: a taken port fails at once
     try:
-        served = load_models(models, device, precision, quantize, compile)
+        served = load_models(models, device, precision, quantize, compile, shortlist)
         app = create_app(
             served, limits, batching, access=access, cors_origins=cors_origins, metrics=metrics
         )
