@@ -14,6 +14,7 @@ from nmt.config import DecodeConfig
 from nmt.data.tokenizer import EOS, PAD, UNK
 from nmt.decoding import shortlist as lexical
 from nmt.decoding.search import beam_search, greedy_search
+from nmt.models.quantize import quantize_int8
 
 
 def _model1_by_hand(pairs, iterations):
@@ -103,6 +104,9 @@ def test_decoding_over_a_shortlist_renormalises_over_it():
     greedy = DecodeConfig(method="greedy", max_len_a=1.0, max_len_b=2)
     assert beam_search(model, src, options, vocab=everything) == beam_search(model, src, options)
     assert greedy_search(model, src, greedy, vocab=everything) == greedy_search(model, src, greedy)
+    for hyps in beam_search(model, src, options, vocab=vocab):
+        assert set(hyps[0].tokens) <= set(vocab.tolist())
+    quantize_int8(model)  # int8 layers, the shortlist's rows from the float embedding
     for hyps in beam_search(model, src, options, vocab=vocab):
         assert set(hyps[0].tokens) <= set(vocab.tolist())
 

@@ -84,7 +84,9 @@ def start(model, src: torch.Tensor, vocab: torch.Tensor | None = None) -> Transf
     state = TransformerState(cross_kv, ~pad_mask[:, None, None, :], self_kv)
     if vocab is not None:
         state.vocab = vocab.to(memory.device)
-        state.vocab_weight = model.output_projection.weight.index_select(0, state.vocab)
+        # The output layer is the target embedding (tied); the embedding's float table, since
+        # int8 quantization replaces the output layer's module.
+        state.vocab_weight = model.tgt_embed.weight.index_select(0, state.vocab)
         if model.cfg.output_bias:
             state.vocab_bias = model.output_bias.index_select(0, state.vocab)
     return state
