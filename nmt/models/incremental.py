@@ -115,6 +115,20 @@ def _attend(attn, q, k, v, may_attend):
     return weighted_sum(scores.softmax(dim=-1), v)
 
 
+def _add(block, x: torch.Tensor, out: torch.Tensor, pre_norm: bool) -> torch.Tensor:
+    """The residual connection of a sublayer's output, with its layer norm after (post-norm)."""
+    return x + out if pre_norm else block.norm(x + out)
+
+
+def _feed_forward(layer, x: torch.Tensor, pre_norm: bool) -> torch.Tensor:
+    block = layer.ff_block
+    return _add(block, x, layer.ff(block.norm(x) if pre_norm else x), pre_norm)
+
+
+def _is_identity(index: torch.Tensor, rows: int) -> bool:
+    return index.numel() == rows and bool(index.eq(torch.arange(rows, device=index.device)).all())
+
+
 def _merge(out: torch.Tensor) -> torch.Tensor:
     b, h, n, d = out.shape  # (B, H, N, Dh) -> (B, N, H*Dh)
     return out.transpose(1, 2).reshape(b, n, h * d)
@@ -168,7 +182,7 @@ def decoder(
         k[:, :, at:end], v[:, :, at:end] = qkv[1], qkv[2]
         k, v = k[:, :, :end], v[:, :, :end]
         out = attn.out_proj(_merge(_attend(attn, qkv[0], k, v, causal)))
-        x = x + out if pre_norm else block.norm(x + out)
+        x = _add(block, x, out, pre_norm)
 
         attn = layer.cross_attn
         block = layer.cross_block
@@ -176,11 +190,9 @@ def decoder(
         q = attn.q_proj(h).view(rows // group, group * n, heads, d_head).transpose(1, 2)
         out = _attend(attn, q, cross_kv[2 * i], cross_kv[2 * i + 1], may_attend)
         out = attn.out_proj(_merge(out).view(rows, n, heads * d_head))
-        x = x + out if pre_norm else block.norm(x + out)
+        x = _add(block, x, out, pre_norm)
 
-        block = layer.ff_block
-        out = layer.ff(block.norm(x) if pre_norm else x)
-        x = x + out if pre_norm else block.norm(x + out)
+        x = _feed_forward(layer, x, pre_norm)
     return model.decoder_norm(x)
 
 
@@ -194,8 +206,7 @@ def reorder(
     `index_select` takes its fast path (on a strided view it was 2x slower; `index_select`
     then `cat`, as before, took three times as long for 320 rows)."""
     rows, t = state.self_kv[0].shape[0], state.length
-    same = order.numel() == rows and bool(order.eq(torch.arange(rows, device=order.device)).all())
-    if not same:
+    if not _is_identity(order, rows):
         moved = []
         for kv in state.self_kv:
             new = kv.new_empty(order.numel(), kv.shape[1], t + 1, kv.shape[3])
@@ -216,9 +227,7 @@ def _reorder_source(state: TransformerState, source: torch.Tensor) -> None:
     else:
         group = 1
     state.group = group
-    if source.numel() == state.may_attend.shape[0] and bool(
-        source.eq(torch.arange(source.numel(), device=source.device)).all()
-    ):
+    if _is_identity(source, state.may_attend.shape[0]):
         return
     state.cross_kv = [kv.index_select(0, source) for kv in state.cross_kv]
     state.may_attend = state.may_attend.index_select(0, source)
@@ -259,7 +268,7 @@ def decoder_apart(
         past, now = (past - top).exp(), (now - top).exp()
         out = (past @ past_v + now * v) / (past.sum(dim=-1, keepdim=True) + now)
         out = attn.out_proj(_merge(out))
-        x = x + out if pre_norm else block.norm(x + out)
+        x = _add(block, x, out, pre_norm)
 
         attn = layer.cross_attn
         block = layer.cross_block
@@ -268,11 +277,9 @@ def decoder_apart(
         scores = attn.scores(q, cross_kv[2 * i]).masked_fill(~may_attend, float("-inf"))
         out = scores.softmax(dim=-1) @ cross_kv[2 * i + 1]  # (no branch on sizes: one graph)
         out = attn.out_proj(_merge(out).view(rows, 1, heads * d_head))
-        x = x + out if pre_norm else block.norm(x + out)
+        x = _add(block, x, out, pre_norm)
 
-        block = layer.ff_block
-        out = layer.ff(block.norm(x) if pre_norm else x)
-        x = x + out if pre_norm else block.norm(x + out)
+        x = _feed_forward(layer, x, pre_norm)
     return model.decoder_norm(x), new_kv
 
 
