@@ -895,3 +895,26 @@ def test_rate_limiter_forgets_idle_clients(monkeypatch):
     clock[0] += 61.0  # everyone's bucket is full again
     limiter.take("b")
     assert len(limiter._buckets) <= 2 and limiter.take("a") is None
+
+
+def test_compiled_models_warm_up_before_serving(monkeypatch, trained_run):
+    """`nmt serve --compile`: each model translates one sentence alone and two together while
+    loading (the compiler's time), not inside the first requests; without it, nothing."""
+    import nmt.serving.app as app_module
+
+    calls: list[tuple[bool, list[str]]] = []
+    load = app_module.Translator.load
+
+    def recording_load(path, **options):
+        translator = load(path, **{**options, "compile": False})  # the compiler is not the point
+        translate = translator.translate
+        translator.translate = lambda lines: (
+            calls.append((options["compile"], lines)) or translate(lines)
+        )
+        return translator
+
+    monkeypatch.setattr(app_module.Translator, "load", staticmethod(recording_load))
+    app_module.load_models([trained_run], device="cpu")
+    assert calls == []
+    app_module.load_models([trained_run], device="cpu", compile=True)
+    assert [len(lines) for compiled, lines in calls] == [1, 2] and all(c for c, _ in calls)

@@ -105,7 +105,9 @@ def load_models(
     shortlist: bool = False,
 ) -> list[ServedModel]:
     """Load each run folder or checkpoint, given as `PATH` (named after the folder, or the
-    file's stem) or `NAME=PATH`."""
+    file's stem) or `NAME=PATH`. With `compile`, each model translates a sentence alone and
+    two together before serving, so that the compiler's minute is spent before the server
+    answers, not inside the first requests."""
     served: list[ServedModel] = []
     for spec in specs:
         name, path = _name_and_path(spec)
@@ -119,6 +121,10 @@ def load_models(
             compile=compile,
             shortlist=shortlist,
         )
+        if compile:
+            log.info(f"{name}: compiling the decoding step before serving (--compile)")
+            translator.translate(["A warm-up."])
+            translator.translate(["A warm-up.", "Two sentences warm up the batched shapes."])
         served.append(ServedModel(name, translator, _describe(name, path, translator)))
     if not served:
         raise NmtError("no model to serve; give a run folder or a checkpoint")
