@@ -259,7 +259,7 @@ def greedy_search(
     limits = max_lengths(src, options.max_len_a, options.max_len_b, model.max_output_length)
     prefixes = prefixes or [[] for _ in limits]
     limits = [max(n, min(len(p), model.max_output_length)) for n, p in zip(limits, prefixes)]
-    state = model.start(src) if vocab is None else model.start(src, vocab)
+    state = model.start(src, vocab)
     active = list(range(src.shape[0]))  # sentence of each row
     tokens = torch.full((len(active), 1), BOS, dtype=torch.long, device=device)
     scores = torch.zeros(len(active), device=device)
@@ -488,7 +488,7 @@ def beam_search(
         last_step = max(
             min(n + guide.extra_steps(i), model.max_output_length) for i, n in enumerate(limits)
         )
-    state = model.start(src) if vocab is None else model.start(src, vocab)
+    state = model.start(src, vocab)
     expand = torch.arange(n_sent, device=device).repeat_interleave(K)
     model.reorder(state, expand, expand)  # K rows per sentence
     active = list(range(n_sent))

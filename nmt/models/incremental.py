@@ -139,7 +139,7 @@ def step(model, state: TransformerState, tokens: torch.Tensor) -> torch.Tensor:
     positions, each seeing the positions before it; the cache advances by n."""
     at, n = state.length, tokens.shape[1]
     _grow(state, at + n)
-    compiled = getattr(model, "compiled_decoder", None)
+    compiled = model.compiled_decoder
     # (Past lengths 0 and 1 would each get a graph of their own: torch.compile specialises
     # sizes 0 and 1.)
     if compiled is not None and n == 1 and at > 1:

@@ -139,6 +139,9 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(EncoderDecoder):
+    # The compiled decoding step, once `compile_decoding` is called (nmt.models.incremental).
+    compiled_decoder: incremental.CompiledDecoder | None = None
+
     def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, share_all: bool):
         super().__init__()
         self.cfg = cfg
