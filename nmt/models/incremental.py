@@ -115,14 +115,8 @@ def _attend(attn, q, k, v, may_attend):
     return weighted_sum(scores.softmax(dim=-1), v)
 
 
-def _add(block, x: torch.Tensor, out: torch.Tensor, pre_norm: bool) -> torch.Tensor:
-    """The residual connection of a sublayer's output, with its layer norm after (post-norm)."""
-    return x + out if pre_norm else block.norm(x + out)
-
-
-def _feed_forward(layer, x: torch.Tensor, pre_norm: bool) -> torch.Tensor:
-    block = layer.ff_block
-    return _add(block, x, layer.ff(block.norm(x) if pre_norm else x), pre_norm)
+def _feed_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    return layer.ff_block.add(x, layer.ff(layer.ff_block.input(x)))
 
 
 def _is_identity(index: torch.Tensor, rows: int) -> bool:
@@ -171,28 +165,27 @@ def decoder(
     causal = None
     if n > 1:  # new position j sees the cache and new positions up to j
         causal = torch.ones(n, end, dtype=torch.bool, device=x.device).tril(diagonal=at)
-    pre_norm = model.cfg.norm == "pre"
     for i, layer in enumerate(model.decoder_layers):
         attn = layer.self_attn
         block = layer.self_block
-        h = block.norm(x) if pre_norm else x
+        h = block.input(x)
         heads, d_head = attn.heads, attn.head_dim
         qkv = attn.in_proj(h).view(rows, n, 3, heads, d_head).permute(2, 0, 3, 1, 4)
         k, v = self_kv[2 * i], self_kv[2 * i + 1]
         k[:, :, at:end], v[:, :, at:end] = qkv[1], qkv[2]
         k, v = k[:, :, :end], v[:, :, :end]
         out = attn.out_proj(_merge(_attend(attn, qkv[0], k, v, causal)))
-        x = _add(block, x, out, pre_norm)
+        x = block.add(x, out)
 
         attn = layer.cross_attn
         block = layer.cross_block
-        h = block.norm(x) if pre_norm else x
+        h = block.input(x)
         q = attn.q_proj(h).view(rows // group, group * n, heads, d_head).transpose(1, 2)
         out = _attend(attn, q, cross_kv[2 * i], cross_kv[2 * i + 1], may_attend)
         out = attn.out_proj(_merge(out).view(rows, n, heads * d_head))
-        x = _add(block, x, out, pre_norm)
+        x = block.add(x, out)
 
-        x = _feed_forward(layer, x, pre_norm)
+        x = _feed_forward(layer, x)
     return model.decoder_norm(x)
 
 
@@ -252,12 +245,11 @@ def decoder_apart(
     caller to write. The same sums as `decoder` in another order: equal up to float rounding."""
     rows = tokens.shape[0]
     x = model.embed_target(tokens, at)
-    pre_norm = model.cfg.norm == "pre"
     new_kv = []
     for i, layer in enumerate(model.decoder_layers):
         attn = layer.self_attn
         block = layer.self_block
-        h = block.norm(x) if pre_norm else x
+        h = block.input(x)
         heads, d_head = attn.heads, attn.head_dim
         q, k, v = attn.in_proj(h).view(rows, 1, 3, heads, d_head).permute(2, 0, 3, 1, 4)
         new_kv += [k, v]
@@ -268,18 +260,18 @@ def decoder_apart(
         past, now = (past - top).exp(), (now - top).exp()
         out = (past @ past_v + now * v) / (past.sum(dim=-1, keepdim=True) + now)
         out = attn.out_proj(_merge(out))
-        x = _add(block, x, out, pre_norm)
+        x = block.add(x, out)
 
         attn = layer.cross_attn
         block = layer.cross_block
-        h = block.norm(x) if pre_norm else x
+        h = block.input(x)
         q = attn.q_proj(h).view(rows // group, group, heads, d_head).transpose(1, 2)
         scores = attn.scores(q, cross_kv[2 * i]).masked_fill(~may_attend, float("-inf"))
         out = scores.softmax(dim=-1) @ cross_kv[2 * i + 1]  # (no branch on sizes: one graph)
         out = attn.out_proj(_merge(out).view(rows, 1, heads * d_head))
-        x = _add(block, x, out, pre_norm)
+        x = block.add(x, out)
 
-        x = _feed_forward(layer, x, pre_norm)
+        x = _feed_forward(layer, x)
     return model.decoder_norm(x), new_kv
 
 

@@ -85,9 +85,19 @@ class Residual(nn.Module):
         self.pre_norm = cfg.norm == "pre"
 
     def forward(self, x: torch.Tensor, sublayer: Any) -> torch.Tensor:
-        if self.pre_norm:
-            return x + self.dropout(sublayer(self.norm(x)))
-        return self.norm(x + self.dropout(sublayer(x)))
+        return self.add(x, sublayer(self.input(x)))
+
+    # The two halves, for the decoding step (nmt.models.incremental), which calls the sublayers
+    # itself.
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the sublayer reads: x, layer-normed first with pre-norm."""
+        return self.norm(x) if self.pre_norm else x
+
+    def add(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """x plus the sublayer's output (dropped out while training), layer-normed after with
+        post-norm."""
+        out = self.dropout(out)
+        return x + out if self.pre_norm else self.norm(x + out)
 
 
 class EncoderLayer(nn.Module):
