@@ -124,30 +124,53 @@ def part_correctness(ctx: dict) -> dict:
     }
 
 
+BASE = [
+    "model.d_model=512",
+    "model.ff_dim=2048",
+    "model.heads=8",
+    "model.encoder_layers=6",
+    "model.decoder_layers=6",
+    "model.dropout=0.1",
+]
+
+
 def part_profile(ctx: dict) -> dict:
-    """Where one update of the recipe's model goes: batches already on the device vs the
-    training loop's own path (collated, pinned and copied on a thread), and the operators that
-    take the host's time (a small model on a GPU is bound by the host launching kernels)."""
+    """Where one update goes, for the recipe's model at its batch size and Transformer-base at
+    25k tokens: batches already on the device vs the training loop's own path (collated,
+    pinned and copied on a thread), the device's busy time, and the operators that take the
+    host's and the device's time (a small model on a GPU is bound by the host launching
+    kernels)."""
+    configs = {"multi30k_recipe": []}
+    if not ctx["smoke"]:
+        configs["transformer_base_25k"] = BASE + ["train.max_tokens=25000"]
+    compiled = ["train.compile=true", "train.pad_multiple=8"]
+    result: dict = {}
+    for name, overrides in configs.items():  # eager first: compiling is slow to start
+        result[name] = _profile(ctx, name, overrides)
+        _partial(ctx, "profile", result)
+    if not ctx["smoke"]:
+        # The peer at the same shape, in the same process, for a side-by-side ratio.
+        result["transformer_base_25k_peer"] = _measure_peer(
+            ctx, "transformer_base", configs["transformer_base_25k"] + ["train.precision=bf16"], 20
+        )
+        _partial(ctx, "profile", result)
+    for name, overrides in configs.items():
+        result[f"{name}_compiled"] = _profile(ctx, f"{name}_compiled", overrides + compiled)
+        _partial(ctx, "profile", result)
+    return result
+
+
+def _profile(ctx: dict, name: str, overrides: list[str]) -> dict:
     import torch
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    from nmt import config
     from nmt.data.batches import collate
-    from nmt.training.distributed import World
-    from nmt.training.run import Run
-    from nmt.utils.device import resolve_device
 
-    recipe = config.load(
-        ctx["recipe"],
-        ctx["overrides"]
-        + [
-            f"run_dir={ctx['work']}/profile",
-            f"data.prepared_dir={ctx['prepared']}",
-            f"train.precision={'fp32' if ctx['smoke'] else 'bf16'}",
-        ],
+    precision = "fp32" if ctx["smoke"] else "bf16"
+    recipe, device, run, updates = _start_run(
+        ctx, overrides + [f"train.precision={precision}"], f"profile_{name}"
     )
-    device = resolve_device("auto")
-    run = Run.start(recipe, device, World(), force=True)
     trainer, lr = run.trainer, recipe.train.lr
     n = 3 if ctx["smoke"] else 20
 
@@ -155,13 +178,21 @@ def part_profile(ctx: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    updates = (g for epoch in range(1, 10_000) for g in run.epoch_updates(epoch))
     staged = [[b.to(device) for b in next(updates)] for _ in range(n)]
-    for group in staged[:3]:
+    started = time.perf_counter()
+    # A compiled step meets every shape once before it is timed (the compiler's time is
+    # reported apart).
+    for group in staged if recipe.train.compile else staged[:3]:
         trainer.update(group, lr)
     sync()
-    result: dict = {"max_tokens": recipe.train.max_tokens, "updates": n}
-    for name, source in (("staged", lambda i: staged[i]), ("loop", lambda i: next(updates))):
+    warm_up_s = time.perf_counter() - started
+    result: dict = {
+        "max_tokens": recipe.train.max_tokens,
+        "updates": n,
+        "batches_per_update": statistics.mean(len(g) for g in staged),
+        "tgt_tokens_per_update": statistics.mean(sum(b.n_tgt_tokens for b in g) for g in staged),
+    }
+    for label, source in (("staged", lambda i: staged[i]), ("loop", lambda i: next(updates))):
         times = []
         for _ in range(3):
             sync()
@@ -170,10 +201,17 @@ def part_profile(ctx: dict) -> dict:
                 trainer.update(source(i), lr)
             sync()
             times.append((time.perf_counter() - start) / n)
-        result[f"{name}_ms_per_update"] = 1e3 * statistics.median(times)
-    batches = run.epoch_updates(1)
+        result[f"{label}_ms_per_update"] = 1e3 * statistics.median(times)
+    result["warm_up_s"] = warm_up_s
+    result["tgt_tokens_per_s"] = 1e3 * result["tgt_tokens_per_update"] / result["staged_ms_per_update"]
+    result.update(_flops(run, recipe, trainer, staged[0][0], device, result["tgt_tokens_per_s"]))
+    if recipe.train.compile:
+        from torch._dynamo.utils import counters
+
+        result["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
+        result["compiled"] = trainer.loss_module is not trainer.eager_loss_module
     start = time.perf_counter()
-    groups = [next(batches) for _ in range(n)]
+    groups = [next(updates) for _ in range(n)]
     result["collate_ms_per_update"] = 1e3 * (time.perf_counter() - start) / n
     indices = list(range(min(len(run.train_data), 400)))
     start = time.perf_counter()
@@ -185,20 +223,32 @@ def part_profile(ctx: dict) -> dict:
         for group in staged[:5]:
             trainer.update(group, lr)
         sync()
-    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    result["top_host_ops"] = [
-        {
+    events = prof.key_averages()
+
+    def row(e) -> dict:
+        return {
             "op": e.key,
-            "calls": e.count,
+            "calls_per_update": e.count / 5,
             "self_cpu_ms": e.self_cpu_time_total / 1e3 / 5,
             "device_ms": getattr(e, "self_device_time_total", 0) / 1e3 / 5,
         }
-        for e in rows[:15]
-    ]
-    result["device_ms_per_update"] = (
-        sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages()) / 1e3 / 5
+
+    by_host = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
+    by_device = sorted(
+        (e for e in events if e.device_type == DeviceType.CUDA),
+        key=lambda e: e.self_device_time_total,
+        reverse=True,
     )
-    result["host_ops_per_update"] = sum(e.count for e in prof.key_averages()) / 5
+    result["top_host_ops"] = [row(e) for e in by_host[:15]]
+    result["top_device_ops"] = [row(e) for e in by_device[:15]]
+    # Kernels only: an operator's row repeats the time of the kernels it launched.
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    result["device_ms_per_update"] = sum(e.self_device_time_total for e in kernels) / 1e3 / 5
+    result["device_busy"] = result["device_ms_per_update"] / result["staged_ms_per_update"]
+    result["host_ops_per_update"] = sum(e.count for e in events) / 5
+    result["kernel_launches_per_update"] = (
+        sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernelEx")) / 5
+    )
     return result
 
 
@@ -210,15 +260,7 @@ def part_throughput(ctx: dict) -> dict:
         models = {"tiny": ["model.d_model=32", "model.ff_dim=64", "model.heads=2"]}
         sizes, compiles, precision = [1024], [False], "fp32"
     else:
-        base = [
-            "model.d_model=512",
-            "model.ff_dim=2048",
-            "model.heads=8",
-            "model.encoder_layers=6",
-            "model.decoder_layers=6",
-            "model.dropout=0.1",
-        ]
-        models = {"transformer_base": base, "multi30k_recipe": []}
+        models = {"transformer_base": BASE, "multi30k_recipe": []}
         sizes, compiles, precision = [8192, 25000], [False, True], "bf16"
     rows = []
     # Eager rows of both models and the peer first: compiling is slow to start, and the part
@@ -231,9 +273,11 @@ def part_throughput(ctx: dict) -> dict:
             rows.append(_measure_peer(ctx, name, model_overrides + shape, 3 if smoke else 20))
             _partial(ctx, "throughput", {"rows": rows})
             torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    # Compiled rows pad lengths to a multiple of 8 (train.pad_multiple), so the compiler sees
+    # few shapes; the largest batches first, as they are the targets.
     for compiled in [c for c in compiles if c]:
-        for name, model_overrides in models.items():
-            for max_tokens in sizes:
+        for max_tokens in sorted(sizes, reverse=True):
+            for name, model_overrides in models.items():
                 rows.append(
                     _measure_training(
                         ctx,
@@ -243,6 +287,7 @@ def part_throughput(ctx: dict) -> dict:
                             f"train.max_tokens={max_tokens}",
                             f"train.precision={precision}",
                             f"train.compile={str(compiled).lower()}",
+                            "train.pad_multiple=8",
                         ],
                         steps=3 if smoke else 20,
                     )
@@ -373,6 +418,22 @@ def _measure_peer(ctx: dict, name: str, overrides: list[str], steps: int) -> dic
     except Exception as e:  # transformers missing, out of memory: a result too
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return row
+
+
+def _flops(run, recipe, trainer, batch, device, rate: float) -> dict:
+    """FLOPs of one batch's forward and backward per target token, counted on the model
+    itself, and what `rate` target tokens/s make of the card."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nmt.training.loss import batch_loss
+    from nmt.utils.device import autocast
+
+    with FlopCounterMode(display=False) as counter:
+        with autocast(device, trainer.precision):
+            loss = batch_loss(run.model, batch.to(device), recipe.train.label_smoothing)
+        loss.backward()
+    run.model.zero_grad(set_to_none=True)
+    return _figures(rate, counter.get_total_flops() / batch.n_tgt_tokens, device)
 
 
 def _start_run(ctx: dict, overrides: list[str], folder: str) -> tuple:
@@ -810,6 +871,29 @@ def _markdown(report: dict) -> str:
     if versions:
         lines.append("\n## Versions\n")
         lines += [f"- {k}: {v}" for k, v in versions.items()]
+    profile = _result(parts, "profile")
+    if profile:
+        lines.append("\n## One update, profiled\n")
+        lines.append(
+            "| model | tokens/update | ms (staged) | ms (loop) | device ms | device busy "
+            "| host ops | kernel launches | tgt tok/s | MFU | warm-up s |"
+        )
+        lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for name, r in profile.items():
+            if not isinstance(r, dict) or "staged_ms_per_update" not in r:
+                detail = r.get("error") if isinstance(r, dict) else r
+                if isinstance(r, dict) and "tgt_tokens_per_s" in r:
+                    detail = f"{r['tgt_tokens_per_s']:,.0f} tgt tok/s, MFU {r.get('mfu')}"
+                lines.append(f"| {name} | {detail} |")
+                continue
+            mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
+            lines.append(
+                f"| {name} | {r['tgt_tokens_per_update']:,.0f} | {r['staged_ms_per_update']:.1f} "
+                f"| {r['loop_ms_per_update']:.1f} | {r['device_ms_per_update']:.1f} "
+                f"| {100 * r['device_busy']:.0f}% | {r['host_ops_per_update']:,.0f} "
+                f"| {r['kernel_launches_per_update']:,.0f} | {r['tgt_tokens_per_s']:,.0f} "
+                f"| {mfu} | {r['warm_up_s']:.0f} |"
+            )
     throughput = _result(parts, "throughput")
     if throughput:
         lines.append("\n## Training throughput\n")

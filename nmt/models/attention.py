@@ -103,10 +103,14 @@ class Attention(nn.Module):
         if key_padding_mask is not None:
             mask = ~key_padding_mask[:, None, None, :]  # True = may attend
         L, S = q.shape[2], k.shape[2]
-        causal = causal and L > 1
+        # Plain bools, not symbolic ones: under torch.compile with dynamic shapes `L == S` is
+        # symbolic, and a fused kernel's `is_causal` must be a bool (else a graph break in
+        # every decoder layer). Self-attention (memory is query) is square without asking.
+        square = memory is query or bool(L == S)
+        causal = bool(causal and L > 1)
         # A fused kernel applies a plain causal mask itself: building it would be two more
         # operations per layer and update for nothing.
-        in_kernel = self.causal_in_kernel and mask is None and L == S and not need_weights
+        in_kernel = self.causal_in_kernel and mask is None and square and not need_weights
         if causal and not in_kernel:
             past = torch.ones(L, S, dtype=torch.bool, device=q.device).tril(diagonal=S - L)
             mask = past if mask is None else mask & past
@@ -114,7 +118,7 @@ class Attention(nn.Module):
             out, weights = self.attend_explicit(q, k, v, mask)
         else:
             # `causal` tells a fused kernel it may apply the mask itself (top-left aligned).
-            out, weights = self.attend(q, k, v, mask, causal and L == S), None
+            out, weights = self.attend(q, k, v, mask, causal and square), None
         b, _, n, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, n, d)), weights
 

@@ -75,6 +75,10 @@ class Trainer:
             # Batch shapes vary with sentence lengths: compile for dynamic shapes once rather
             # than recompiling for each new shape.
             self.loss_module = torch.compile(self.loss_module, dynamic=True)
+            # Source and target lengths are separate sizes even when a batch has them equal:
+            # "duck shaping" would tie them in the first graph and compile a second for the
+            # first batch where they differ (a minute each on a CPU).
+            torch.fx.experimental._config.use_duck_shape = False
         self.optimizer = torch.optim.Adam(
             model.parameters(),
             lr=cfg.lr,
