@@ -53,15 +53,22 @@ def test_every_part_of_the_gpu_check_runs_in_smoke_mode(tmp_path):
     assert "peer" in peer["model"]
     if "error" not in peer or "transformers" not in peer["error"]:
         assert peer["tgt_tokens_per_s"] > 0 and peer["flops_per_tgt_token"] > 0
-    profile = parts["profile"]["result"]
-    assert profile["staged_ms_per_update"] > 0 and profile["loop_ms_per_update"] > 0
-    assert profile["top_host_ops"] and profile["host_ops_per_update"] > 0
+    profiles = parts["profile"]["result"]
+    assert list(profiles) == ["multi30k_recipe", "multi30k_recipe_compiled"]
+    for profile in profiles.values():
+        assert profile["staged_ms_per_update"] > 0 and profile["loop_ms_per_update"] > 0
+        assert profile["top_host_ops"] and profile["host_ops_per_update"] > 0
+        assert profile["tgt_tokens_per_s"] > 0 and profile["flops_per_tgt_token"] > 0
+    # The compiled step really ran compiled, as one graph (no graph breaks, no recompiles).
+    assert profiles["multi30k_recipe_compiled"]["compiled"]
+    assert profiles["multi30k_recipe_compiled"]["compiled_graphs"] == 1
     quality = parts["quality"]["result"]
     assert quality["steps"] == 20 and quality["test_bleu"] is not None
     assert {r["search"] for r in parts["decoding"]["result"]["rows"]} == {"greedy", "beam 5"}
     assert parts["nccl"]["result"]["validations"] == 1
     text = (tmp_path / "report.md").read_text()
     assert "Training throughput" in text and "Time to quality" in text and "Decoding" in text
+    assert "One update, profiled" in text
 
 
 def test_the_gpu_sweep_trains_every_variant_in_smoke_mode(tmp_path):

@@ -353,7 +353,15 @@ def test_compiled_training_step_equals_eager(trainer_recipe):
     """torch.compile (inductor, on the CPU: needs a C++ compiler) gives eager's losses."""
     if shutil.which("g++") is None and shutil.which("c++") is None:
         pytest.skip("no C++ compiler: inductor cannot compile here")
-    trainer, compiled = _losses(trainer_recipe, 2, compile=True)
-    _, eager = _losses(trainer_recipe, 2)
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    trainer, compiled = _losses(trainer_recipe, 3, compile=True)
+    _, eager = _losses(trainer_recipe, 3)
     assert trainer.loss_module is not trainer.eager_loss_module  # it did compile
     assert compiled == pytest.approx(eager, rel=1e-5)
+    # Three batches of different lengths, one graph: no graph break (a decoder layer that ran
+    # eagerly in the middle of the compiled step) and no recompiling per shape.
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == 1
