@@ -144,6 +144,12 @@ def part_profile(ctx: dict) -> dict:
     if not ctx["smoke"]:
         configs["transformer_base_25k"] = BASE + ["train.max_tokens=25000"]
     compiled = ["train.compile=true", "train.pad_multiple=8"]
+    # Compiled variants, the most wanted first (each takes minutes to compile on a GPU; the
+    # part keeps what it finished when its time runs out). In --smoke, on the CPU, CUDA graphs
+    # would only warn and compile the same step again.
+    variants = {"compiled": compiled}
+    if not ctx["smoke"]:
+        variants = {"cuda_graphs": compiled + ["train.cuda_graphs=true"], **variants}
     result: dict = {}
     for name, overrides in configs.items():  # eager first: compiling is slow to start
         result[name] = _profile(ctx, name, overrides)
@@ -154,9 +160,11 @@ def part_profile(ctx: dict) -> dict:
             ctx, "transformer_base", configs["transformer_base_25k"] + ["train.precision=bf16"], 20
         )
         _partial(ctx, "profile", result)
-    for name, overrides in configs.items():
-        result[f"{name}_compiled"] = _profile(ctx, f"{name}_compiled", overrides + compiled)
-        _partial(ctx, "profile", result)
+    for variant, extra in variants.items():
+        for name, overrides in configs.items():
+            label = f"{name}_{variant}"
+            result[label] = _profile(ctx, label, overrides + extra)
+            _partial(ctx, "profile", result)
     return result
 
 
@@ -203,13 +211,16 @@ def _profile(ctx: dict, name: str, overrides: list[str]) -> dict:
             times.append((time.perf_counter() - start) / n)
         result[f"{label}_ms_per_update"] = 1e3 * statistics.median(times)
     result["warm_up_s"] = warm_up_s
-    result["tgt_tokens_per_s"] = 1e3 * result["tgt_tokens_per_update"] / result["staged_ms_per_update"]
+    result["tgt_tokens_per_s"] = (
+        1e3 * result["tgt_tokens_per_update"] / result["staged_ms_per_update"]
+    )
     result.update(_flops(run, recipe, trainer, staged[0][0], device, result["tgt_tokens_per_s"]))
     if recipe.train.compile:
         from torch._dynamo.utils import counters
 
         result["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
         result["compiled"] = trainer.loss_module is not trainer.eager_loss_module
+        result["cuda_graphs"] = trainer.cuda_graphs
     start = time.perf_counter()
     groups = [next(updates) for _ in range(n)]
     result["collate_ms_per_update"] = 1e3 * (time.perf_counter() - start) / n
@@ -247,7 +258,12 @@ def _profile(ctx: dict, name: str, overrides: list[str]) -> dict:
     result["device_busy"] = result["device_ms_per_update"] / result["staged_ms_per_update"]
     result["host_ops_per_update"] = sum(e.count for e in events) / 5
     result["kernel_launches_per_update"] = (
-        sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cuLaunchKernelEx")) / 5
+        sum(
+            e.count
+            for e in events
+            if e.key in ("cudaLaunchKernel", "cuLaunchKernelEx", "cudaGraphLaunch")
+        )
+        / 5
     )
     return result
 

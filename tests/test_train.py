@@ -3,6 +3,7 @@ skipped updates, the wall-clock budget and checkpoint averaging."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -18,6 +19,7 @@ from nmt.data.batches import collate
 from nmt.data.dataset import Prepared
 from nmt.data.preprocess import preprocess
 from nmt.data.tokenizer import PAD
+from nmt.errors import NmtError
 from nmt.training import loop as train
 from nmt.training import schedule
 from nmt.training.loss import batch_loss
@@ -72,12 +74,19 @@ def _data(recipe):
     return Prepared.open(recipe.prepared_dir).dataset("train")
 
 
-def test_batch_loss_matches_float64_label_smoothed_cross_entropy(trainer_recipe):
+@pytest.mark.parametrize("every_position", [False, True])
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_batch_loss_matches_float64_label_smoothed_cross_entropy(
+    trainer_recipe, every_position, multiple
+):
+    """Projecting only the real target positions, or every position with padding ignored (the
+    fixed shapes CUDA graphs replay), gives the formula's loss; so does padding to a multiple."""
     model = _trainer(trainer_recipe).model.eval()
-    batch = collate(Prepared.open(trainer_recipe.prepared_dir).dataset("valid"), list(range(6)))
+    data = Prepared.open(trainer_recipe.prepared_dir).dataset("valid")
+    batch = collate(data, list(range(6)), multiple)
     eps = 0.1
     with torch.no_grad():
-        ours = batch_loss(model, batch, label_smoothing=eps).item()
+        ours = batch_loss(model, batch, eps, every_position).item()
         logits = model(batch.src, batch.tgt_in).double()  # all positions, padding included
     log_probs = logits.log_softmax(-1)
     vocab = log_probs.shape[-1]
@@ -329,6 +338,27 @@ def _losses(recipe, updates: int, **train) -> tuple[Trainer, list[float]]:
         for i in range(updates)
     ]
     return trainer, losses
+
+
+def test_cuda_graphs_need_compile_and_a_gpu(trainer_recipe, monkeypatch, caplog):
+    """train.cuda_graphs compiles the step in "reduce-overhead" mode with every position
+    projected on a GPU; without compile the recipe is refused; on a CPU one warning, and the
+    step is compiled as usual."""
+    with pytest.raises(NmtError, match=r"'train.cuda_graphs' needs train.compile: true"):
+        TrainConfig(cuda_graphs=True).validate()
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda module, **kw: modes.append(kw["mode"]) or module)
+    cfg = dataclasses.replace(trainer_recipe.train, compile=True, cuda_graphs=True)
+    prepared = Prepared.open(trainer_recipe.prepared_dir)
+    model = initial_model(trainer_recipe, prepared)
+    on_cpu = Trainer(model, cfg, torch.device("cpu"))
+    assert not on_cpu.cuda_graphs and not on_cpu.loss_module.every_position
+    warnings = [r.message for r in caplog.records if "train.cuda_graphs" in r.message]
+    assert len(warnings) == 1 and "compiled without them" in warnings[0]
+    # Building the trainer for a GPU touches no device, so it can be checked here.
+    on_gpu = Trainer(model, cfg, torch.device("cuda"))
+    assert on_gpu.cuda_graphs and on_gpu.loss_module.every_position
+    assert modes == [None, "reduce-overhead"]
 
 
 def test_a_compile_that_fails_falls_back_to_eager_with_one_warning(

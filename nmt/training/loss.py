@@ -9,16 +9,28 @@ import torch
 import torch.nn.functional as F
 
 from nmt.data.batches import Batch
+from nmt.data.tokenizer import PAD
 
 
-def batch_loss(model: torch.nn.Module, batch: Batch, label_smoothing: float = 0.0) -> torch.Tensor:
+def batch_loss(
+    model: torch.nn.Module,
+    batch: Batch,
+    label_smoothing: float = 0.0,
+    every_position: bool = False,
+) -> torch.Tensor:
     """Summed (label-smoothed) cross-entropy over the batch's non-padding target tokens.
 
     Only real target positions are projected onto the vocabulary: the projection and softmax
-    are the largest single cost of a step, and padding would waste a share of them.
+    are the largest single cost of a step, and padding would waste a share of them. With
+    `every_position`, every position is projected and padding ignored: the same loss, with
+    shapes that depend on the batch's size alone (what CUDA graphs need to be replayed).
     """
-    states = model.features(batch.src, batch.tgt_in)
-    states = states.flatten(0, 1).index_select(0, batch.target_positions)
+    states = model.features(batch.src, batch.tgt_in).flatten(0, 1)
+    target = batch.tgt_out.flatten()
+    if not every_position:
+        states = states.index_select(0, batch.target_positions)
+        target = target.index_select(0, batch.target_positions)
     logits = model.project(states).float()
-    target = batch.tgt_out.flatten().index_select(0, batch.target_positions)
-    return F.cross_entropy(logits, target, label_smoothing=label_smoothing, reduction="sum")
+    return F.cross_entropy(
+        logits, target, ignore_index=PAD, label_smoothing=label_smoothing, reduction="sum"
+    )

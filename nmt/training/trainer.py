@@ -25,14 +25,17 @@ class _LossModule(torch.nn.Module):
     """`batch_loss` as a module, so DistributedDataParallel can wrap it (DDP synchronises the
     gradients of what runs through its own forward)."""
 
-    def __init__(self, model: torch.nn.Module, label_smoothing: float) -> None:
+    def __init__(
+        self, model: torch.nn.Module, label_smoothing: float, every_position: bool = False
+    ) -> None:
         super().__init__()
         self.model = model
         self.label_smoothing = label_smoothing
+        self.every_position = every_position
 
-    def forward(self, src, tgt_in, tgt_out, target_positions) -> torch.Tensor:  # noqa: ANN001
+    def forward(self, src, tgt_in, tgt_out, target_positions=None) -> torch.Tensor:  # noqa: ANN001
         batch = Batch(src, tgt_in, tgt_out, target_positions, 0)
-        return batch_loss(self.model, batch, self.label_smoothing)
+        return batch_loss(self.model, batch, self.label_smoothing, self.every_position)
 
 
 @dataclass
@@ -64,7 +67,17 @@ class Trainer:
     ) -> None:
         self.model, self.cfg, self.device = model, cfg, device
         self.precision, self.world = precision, world or World()
-        self.loss_module: torch.nn.Module = _LossModule(model, cfg.label_smoothing)
+        # CUDA graphs replay a recorded shape: one GPU, one process (DDP's collectives would
+        # have to be captured too).
+        self.cuda_graphs = cfg.cuda_graphs and device.type == "cuda" and not self.world.active
+        if cfg.cuda_graphs and not self.cuda_graphs:
+            log.warning(
+                "train.cuda_graphs: CUDA graphs need a single GPU (not a CPU, not torchrun); "
+                "the step is compiled without them"
+            )
+        self.loss_module: torch.nn.Module = _LossModule(
+            model, cfg.label_smoothing, every_position=self.cuda_graphs
+        )
         if self.world.active:
             self.loss_module = torch.nn.parallel.DistributedDataParallel(
                 self.loss_module,
@@ -73,8 +86,10 @@ class Trainer:
         self.eager_loss_module = self.loss_module
         if cfg.compile:
             # Batch shapes vary with sentence lengths: compile for dynamic shapes once rather
-            # than recompiling for each new shape.
-            self.loss_module = torch.compile(self.loss_module, dynamic=True)
+            # than recompiling for each new shape. "reduce-overhead" records each new shape's
+            # forward and backward as CUDA graphs, replayed when the shape comes again.
+            mode = "reduce-overhead" if self.cuda_graphs else None
+            self.loss_module = torch.compile(self.loss_module, dynamic=True, mode=mode)
             # Source and target lengths are separate sizes even when a batch has them equal:
             # "duck shaping" would tie them in the first graph and compile a second for the
             # first batch where they differ (a minute each on a CPU).
@@ -113,6 +128,12 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         total = torch.zeros((), device=self.device)
+        if self.cuda_graphs:
+            # What the graphs returned in the last update (gradients since consumed by the
+            # optimizer and dropped) may be overwritten from here on. Within an update the
+            # gradients of a batch stay alive while the next accumulates onto them, so the
+            # graphs keep them.
+            torch.compiler.cudagraph_mark_step_begin()
         try:
             for i, batch in enumerate(group):
                 batch = batch.to(self.device)
@@ -175,10 +196,10 @@ class Trainer:
         warning, and the batch is done again eagerly."""
         for attempt in (1, 2):
             try:
+                # With CUDA graphs every position is projected (see batch_loss).
+                positions = None if self.cuda_graphs else batch.target_positions
                 with autocast(self.device, self.precision):
-                    loss = self.loss_module(
-                        batch.src, batch.tgt_in, batch.tgt_out, batch.target_positions
-                    )
+                    loss = self.loss_module(batch.src, batch.tgt_in, batch.tgt_out, positions)
                 self.scaler.scale(loss * scale).backward()
                 return loss
             except torch.cuda.OutOfMemoryError:
