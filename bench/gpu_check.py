@@ -19,11 +19,12 @@ runs out of time is recorded, and the next part runs):
                  the same token batches (needs transformers: carry its wheels, see below)
     nccl         `torchrun --nproc_per_node=1 -m nmt train` through one validation
 
-The peer row needs transformers, which the GPU machine lacks: put its wheels (and those of
-its dependencies the machine lacks) in a git-ignored folder for the device's Python and carry
-it, e.g. `pip download -d .wheels transformers safetensors tokenizers` here, then on the GPU
-machine `pip install --no-index --find-links .wheels transformers` before this script (about
-20 MB; without them the row records the ImportError).
+The peer row needs transformers. The H200 lent on 2026-12-04 had transformers 5.17.0 in the
+Python that runs this script (/opt/torch/.venv; the `pip` on its PATH belongs to another
+Python). Where it is missing, put its wheels in a git-ignored folder for the device's Python
+and carry it, e.g. `pip download -d .wheels transformers safetensors tokenizers` here, then
+`python -m pip install --no-index --find-links .wheels transformers` there (without it the
+row records the ImportError).
 
 `report.json` and `report.md` go into --out. `--smoke` runs every part on the CPU at tiny
 sizes in under a minute (the test suite does, so the check keeps working as the code changes).
