@@ -111,6 +111,43 @@ def test_decoding_over_a_shortlist_renormalises_over_it():
         assert set(hyps[0].tokens) <= set(vocab.tolist())
 
 
+class _Listed:
+    """`model` with the shortlist built into its start: the search sees full rows with -inf
+    outside the list and chooses among all columns, as it did before it learned to choose
+    among the list's columns only."""
+
+    def __init__(self, model, vocab):
+        self.model, self.vocab = model, vocab
+        self.max_output_length = model.max_output_length
+
+    def start(self, src, vocab=None):
+        return self.model.start(src, self.vocab)
+
+    def step(self, state, tokens):
+        return self.model.step(state, tokens)
+
+    def reorder(self, state, order, source_order=None):
+        self.model.reorder(state, order, source_order)
+
+
+def test_beam_search_over_a_shortlist_chooses_as_over_full_rows():
+    """Candidates chosen among the shortlist's columns are those of the full rows (where
+    every other column is -inf): same tokens, same scores, n-best lists included."""
+    model = make_model("multihead", "pre", seed=5, decoder_layers=2)
+    src = random_batch([6, 2, 4, 5])
+    vocab = torch.tensor([EOS, UNK, 4, 6, 7, 9, 11])
+    with torch.no_grad():
+        for options, nbest in (
+            (DecodeConfig(beam_size=4, max_len_a=1.5, max_len_b=3), 1),
+            (DecodeConfig(beam_size=3, max_len_a=1.0, max_len_b=4, min_len=2), 3),
+            (DecodeConfig(beam_size=5, no_repeat_ngram=2, length_penalty=0.6), 2),
+        ):
+            listed = beam_search(model, src, options, nbest=nbest, vocab=vocab)
+            full_rows = beam_search(_Listed(model, vocab), src, options, nbest=nbest)
+            assert listed == full_rows
+            assert all(set(h.tokens) <= set(vocab.tolist()) for hyps in listed for h in hyps)
+
+
 def test_translate_with_a_shortlist_builds_it_once(trained_run, tmp_path):
     run = shutil.copytree(trained_run, tmp_path / "run")  # the shared run folder stays as it is
     text = "The dog laughed.\n\nA cat saw the boy.\n"
