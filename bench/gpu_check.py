@@ -161,6 +161,13 @@ def part_profile(ctx: dict) -> dict:
             ctx, "transformer_base", configs["transformer_base_25k"] + ["train.precision=bf16"], 20
         )
         _partial(ctx, "profile", result)
+    # What autocast costs: the largest model with its weights in bf16 itself (no casts, layer
+    # norm in bf16), a plain loop; a bound for bf16 weights with fp32 master copies.
+    largest = list(configs)[-1]
+    result[f"{largest}_pure_bf16"] = _measure_pure_bf16(
+        ctx, largest, configs[largest], 3 if ctx["smoke"] else 20
+    )
+    _partial(ctx, "profile", result)
     for variant, extra in variants.items():
         for name, overrides in configs.items():
             label = f"{name}_{variant}"
@@ -433,6 +440,53 @@ def _measure_peer(ctx: dict, name: str, overrides: list[str], steps: int) -> dic
         )
         row.update(_figures(row["tgt_tokens_per_s"], flops_per_token, device))
     except Exception as e:  # transformers missing, out of memory: a result too
+        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return row
+
+
+def _measure_pure_bf16(ctx: dict, name: str, overrides: list[str], steps: int) -> dict:
+    """Our model and batches with every weight in bf16 (no autocast), trained by a plain loop
+    (Adam, fused on CUDA; clipping at 1.0): the speed bf16 weights would give, not a recipe
+    (bf16 weights without fp32 master copies lose small updates)."""
+    import torch
+
+    from nmt.training.loss import batch_loss
+
+    row: dict = {"model": f"{name} (weights in bf16)", "overrides": overrides}
+    try:
+        recipe, device, run, updates = _start_run(
+            ctx, overrides + ["train.precision=fp32"], "pure_bf16"
+        )
+        model = run.model.to(torch.bfloat16)
+        optimizer = torch.optim.Adam(
+            model.parameters(), lr=recipe.train.lr, fused=device.type == "cuda"
+        )
+        smoothing = recipe.train.label_smoothing
+
+        def update(group) -> int:
+            tokens = sum(b.n_tgt_tokens for b in group)
+            for batch in group:
+                (batch_loss(model, batch.to(device), smoothing) / tokens).backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return tokens
+
+        for _ in range(2):
+            update(next(updates))
+        row.update(_timed(lambda: update(next(updates)), steps, device), precision="bf16 weights")
+        batch = next(updates)[0].to(device)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            batch_loss(model, batch, smoothing).backward()
+        optimizer.zero_grad(set_to_none=True)
+        row.update(
+            _figures(
+                row["tgt_tokens_per_s"], counter.get_total_flops() / batch.n_tgt_tokens, device
+            )
+        )
+    except Exception as e:  # out of memory, an operation without bf16: a result too
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return row
 

@@ -54,7 +54,13 @@ def test_every_part_of_the_gpu_check_runs_in_smoke_mode(tmp_path):
     if "error" not in peer or "transformers" not in peer["error"]:
         assert peer["tgt_tokens_per_s"] > 0 and peer["flops_per_tgt_token"] > 0
     profiles = parts["profile"]["result"]
-    assert list(profiles) == ["multi30k_recipe", "multi30k_recipe_compiled"]
+    assert list(profiles) == [
+        "multi30k_recipe",
+        "multi30k_recipe_pure_bf16",
+        "multi30k_recipe_compiled",
+    ]
+    bf16 = profiles.pop("multi30k_recipe_pure_bf16")
+    assert bf16["tgt_tokens_per_s"] > 0 and bf16["flops_per_tgt_token"] > 0, bf16
     for profile in profiles.values():
         assert profile["staged_ms_per_update"] > 0 and profile["loop_ms_per_update"] > 0
         assert profile["top_host_ops"] and profile["host_ops_per_update"] > 0
