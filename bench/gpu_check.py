@@ -367,7 +367,6 @@ def _measure_peer(ctx: dict, name: str, overrides: list[str], steps: int) -> dic
     fused on CUDA; clipping at 1.0; autocast in the trainer's precision) on the same token
     batches as ours, timed as `_measure_training` times ours."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     from nmt.data.tokenizer import BOS, EOS, PAD
     from nmt.utils.device import autocast
@@ -416,29 +415,11 @@ def _measure_peer(ctx: dict, name: str, overrides: list[str], steps: int) -> dic
                 )  # fmt: skip
             return out.loss * batch.n_tgt_tokens  # summed, as ours
 
-        def update(group) -> int:
-            tokens = 0
-            for batch in group:
-                loss_of(batch).backward()
-                tokens += batch.n_tgt_tokens
-            torch.nn.utils.clip_grad_norm_(peer.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return tokens
-
-        for _ in range(2):
-            update(next(updates))
-        group = next(updates)
-        with FlopCounterMode(display=False) as counter:
-            loss_of(group[0]).backward()
-        optimizer.zero_grad(set_to_none=True)
-        flops_per_token = counter.get_total_flops() / group[0].n_tgt_tokens
         row.update(
-            _timed(lambda: update(next(updates)), steps, device),
+            _plain_loop(loss_of, peer.parameters(), optimizer, updates, steps, device),
             parameters=sum(p.numel() for p in peer.parameters()),
             precision=precision,
         )
-        row.update(_figures(row["tgt_tokens_per_s"], flops_per_token, device))
     except Exception as e:  # transformers missing, out of memory: a result too
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return row
@@ -462,32 +443,51 @@ def _measure_pure_bf16(ctx: dict, name: str, overrides: list[str], steps: int) -
             model.parameters(), lr=recipe.train.lr, fused=device.type == "cuda"
         )
         smoothing = recipe.train.label_smoothing
-
-        def update(group) -> int:
-            tokens = sum(b.n_tgt_tokens for b in group)
-            for batch in group:
-                (batch_loss(model, batch.to(device), smoothing) / tokens).backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return tokens
-
-        for _ in range(2):
-            update(next(updates))
-        row.update(_timed(lambda: update(next(updates)), steps, device), precision="bf16 weights")
-        batch = next(updates)[0].to(device)
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with FlopCounterMode(display=False) as counter:
-            batch_loss(model, batch, smoothing).backward()
-        optimizer.zero_grad(set_to_none=True)
         row.update(
-            _figures(
-                row["tgt_tokens_per_s"], counter.get_total_flops() / batch.n_tgt_tokens, device
-            )
+            _plain_loop(
+                lambda batch: batch_loss(model, batch.to(device), smoothing),
+                model.parameters(),
+                optimizer,
+                updates,
+                steps,
+                device,
+            ),
+            precision="bf16 weights",
         )
     except Exception as e:  # out of memory, an operation without bf16: a result too
         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return row
+
+
+def _plain_loop(loss_of, parameters, optimizer, updates, steps: int, device) -> dict:
+    """A plain training loop over `updates` (groups of batches): `loss_of(batch)` (summed over
+    its target tokens) divided by the update's tokens, backward, clipping at 1.0, `optimizer`.
+    Target tokens/s as `_timed` gives them after two warm-up updates, and what they make of the
+    card, the FLOPs counted on one batch's forward and backward."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    parameters = list(parameters)
+
+    def update(group) -> int:
+        tokens = sum(b.n_tgt_tokens for b in group)
+        for batch in group:
+            (loss_of(batch) / tokens).backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return tokens
+
+    for _ in range(2):
+        update(next(updates))
+    batch = next(updates)[0]
+    with FlopCounterMode(display=False) as counter:
+        loss_of(batch).backward()
+    optimizer.zero_grad(set_to_none=True)
+    row = _timed(lambda: update(next(updates)), steps, device)
+    row.update(
+        _figures(row["tgt_tokens_per_s"], counter.get_total_flops() / batch.n_tgt_tokens, device)
+    )
     return row
 
 
