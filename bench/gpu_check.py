@@ -222,7 +222,9 @@ def _profile(ctx: dict, name: str, overrides: list[str]) -> dict:
     result["tgt_tokens_per_s"] = (
         1e3 * result["tgt_tokens_per_update"] / result["staged_ms_per_update"]
     )
-    result.update(_flops(run, recipe, trainer, staged[0][0], device, result["tgt_tokens_per_s"]))
+    flops_per_token = _flops_per_token(_our_loss(run, recipe, device), staged[0][0])
+    run.model.zero_grad(set_to_none=True)
+    result.update(_figures(result["tgt_tokens_per_s"], flops_per_token, device))
     if recipe.train.compile:
         from torch._dynamo.utils import counters
 
@@ -323,10 +325,7 @@ def part_throughput(ctx: dict) -> dict:
 
 def _measure_training(ctx: dict, name: str, overrides: list[str], steps: int) -> dict:
     """Median tokens/s over timed windows of real updates, after warm-up updates."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     from nmt.models.base import count_parameters
-    from nmt.training.loss import batch_loss
 
     row = {"model": name, "overrides": overrides}
     try:
@@ -335,17 +334,9 @@ def _measure_training(ctx: dict, name: str, overrides: list[str], steps: int) ->
         warm = 3 if recipe.train.compile else 2
         for _ in range(warm):
             trainer.update(next(updates), lr)
-        # FLOPs of one update's forward and backward, counted on the model itself.
-        group = next(updates)
-        with FlopCounterMode(display=False) as counter:
-            batch = group[0].to(device)
-            from nmt.utils.device import autocast
-
-            with autocast(device, trainer.precision):
-                loss = batch_loss(run.model, batch, recipe.train.label_smoothing)
-            loss.backward()
+        # FLOPs of one batch's forward and backward, counted on the model itself.
+        flops_per_token = _flops_per_token(_our_loss(run, recipe, device), next(updates)[0])
         run.model.zero_grad(set_to_none=True)
-        flops_per_token = counter.get_total_flops() / batch.n_tgt_tokens
         row.update(
             _timed(lambda: trainer.update(next(updates), lr).tokens, steps, device),
             parameters=count_parameters(run.model),
@@ -465,7 +456,6 @@ def _plain_loop(loss_of, parameters, optimizer, updates, steps: int, device) -> 
     Target tokens/s as `_timed` gives them after two warm-up updates, and what they make of the
     card, the FLOPs counted on one batch's forward and backward."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     parameters = list(parameters)
 
@@ -480,31 +470,33 @@ def _plain_loop(loss_of, parameters, optimizer, updates, steps: int, device) -> 
 
     for _ in range(2):
         update(next(updates))
-    batch = next(updates)[0]
-    with FlopCounterMode(display=False) as counter:
-        loss_of(batch).backward()
+    flops_per_token = _flops_per_token(loss_of, next(updates)[0])
     optimizer.zero_grad(set_to_none=True)
     row = _timed(lambda: update(next(updates)), steps, device)
-    row.update(
-        _figures(row["tgt_tokens_per_s"], counter.get_total_flops() / batch.n_tgt_tokens, device)
-    )
+    row.update(_figures(row["tgt_tokens_per_s"], flops_per_token, device))
     return row
 
 
-def _flops(run, recipe, trainer, batch, device, rate: float) -> dict:
-    """FLOPs of one batch's forward and backward per target token, counted on the model
-    itself, and what `rate` target tokens/s make of the card."""
+def _flops_per_token(loss_of, batch) -> float:
+    """FLOPs of `loss_of(batch)`'s forward and backward per target token, counted on the model
+    itself (the caller clears the gradients)."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    with FlopCounterMode(display=False) as counter:
+        loss_of(batch).backward()
+    return counter.get_total_flops() / batch.n_tgt_tokens
+
+
+def _our_loss(run, recipe, device):
+    """batch -> nmt's summed loss of it on the device, under the trainer's autocast."""
     from nmt.training.loss import batch_loss
     from nmt.utils.device import autocast
 
-    with FlopCounterMode(display=False) as counter:
-        with autocast(device, trainer.precision):
-            loss = batch_loss(run.model, batch.to(device), recipe.train.label_smoothing)
-        loss.backward()
-    run.model.zero_grad(set_to_none=True)
-    return _figures(rate, counter.get_total_flops() / batch.n_tgt_tokens, device)
+    def loss_of(batch):
+        with autocast(device, run.trainer.precision):
+            return batch_loss(run.model, batch.to(device), recipe.train.label_smoothing)
+
+    return loss_of
 
 
 def _start_run(ctx: dict, overrides: list[str], folder: str) -> tuple:
