@@ -39,6 +39,15 @@ def pytest_configure(config) -> None:
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory) -> Path:
+    """Libraries that `--compile` builds (nmt.models.compiled) go to a folder of the session's,
+    not the user's cache."""
+    folder = tmp_path_factory.mktemp("nmt-cache")
+    os.environ["NMT_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def toy_corpus(tmp_path_factory) -> Path:
     """The embedded corpus as `data/make_toy.py` writes it (10k training pairs)."""

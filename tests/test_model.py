@@ -259,51 +259,6 @@ def test_beam_search_s_cache_moves_equal_the_full_forward(kind):
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=ATOL, rtol=1e-5)
 
 
-def test_compiled_decoding_steps_equal_the_full_forward_and_the_eager_steps(caplog):
-    """`compile_decoding`: steps through torch.compile (inductor) give the full forward pass's
-    log-probabilities, and the eager steps' within float rounding, through a beam-style
-    expand and reorder; a compiler that fails warns once and the steps go on eagerly."""
-    from nmt.models import incremental
-
-    model = make_model("luong_general", "post", seed=12, decoder_layers=2)
-    torch.manual_seed(12)
-    sentences = random_batch([5, 3])
-    expand, within = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([1, 0, 0, 3, 5, 5])
-    tgt = target_in(6, 6)
-
-    def steps():
-        with torch.no_grad():
-            state, out, rows = model.start(sentences), [], tgt
-            model.reorder(state, expand, expand)
-            for t in range(rows.shape[1]):
-                if t == 3:
-                    model.reorder(state, within)
-                    rows, out = rows[within], [s[within] for s in out]
-                out.append(model.step(state, rows[:, t : t + 1])[:, None])
-        return torch.cat(out, dim=1), rows
-
-    eager, rows = steps()
-    assert model.compile_decoding()
-    compiled, _ = steps()
-    assert not model.compiled_decoder.failed
-    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(
-        compiled, log_probs(model, sentences[expand], rows), atol=ATOL, rtol=1e-5
-    )
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("no compiler here\nsecond line")
-
-    model.compiled_decoder.compiled = broken
-    with caplog.at_level("WARNING", logger="nmt"):
-        fallback, _ = steps()
-        steps()
-    warnings = [r.message for r in caplog.records if "compiling" in r.message]
-    assert warnings == ["compiling the decoding step failed, decoding eagerly (no compiler here)"]
-    torch.testing.assert_close(fallback, eager, atol=1e-6, rtol=1e-6)
-    assert isinstance(model.compiled_decoder, incremental.CompiledDecoder)
-
-
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_cached_decode_of_several_new_positions_matches_full_forward(kind):
     """A cache plus several new positions at once (as in prefix-forced decoding)."""

@@ -22,14 +22,12 @@ that changed are copied.
 `Transformer.start`, `step` and `reorder` are these functions; the model's own forward pass
 (training, teacher forcing) does not use them, and tests hold the two equal.
 
-`Transformer.compile_decoding()` (`nmt translate --compile`) takes each step through
-`torch.compile` (`CompiledDecoder`, with an eager fallback): on the CPU one sentence at a time
-decodes 1.2-1.35x faster, batches of 64 do not (docs/experiments/decoding.md, "Issue 38").
+`Transformer.compile_decoding()` (`nmt translate --compile`) runs `source_side` and the step
+compiled instead (nmt.models.compiled), with an eager fallback.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import dataclass
 
@@ -38,8 +36,6 @@ import torch.nn.functional as F
 
 from nmt.models.attention import weighted_sum
 from nmt.models.base import next_token_log_probs
-
-log = logging.getLogger("nmt")
 
 # The self-attention cache grows by this many positions at a time: about the memory of a cache
 # that holds exactly the positions decoded (peak memory stays where it was), with a copy of the
@@ -52,7 +48,9 @@ class TransformerState:
     """What decoding a batch needs between steps, one row per hypothesis."""
 
     # Layer i's keys at 2i, its values at 2i + 1: the source's (rows, heads, S, d_head) and
-    # the decoded positions' (rows, heads, capacity, d_head). Tensors of their own with rows
+    # the decoded positions' (rows, heads, capacity, d_head), zero from `length` on (the
+    # compiled step reads whole buffers, masking those positions: weights of 0 times
+    # uninitialised memory could be NaN). Tensors of their own with rows
     # first, not one stacked tensor: a reorder is then a fast `index_select` along the first
     # dimension (along an inner one it took 10x as long), and an allocation of each stays
     # below the size where every new one costs page faults.
@@ -72,18 +70,16 @@ class TransformerState:
 def start(model, src: torch.Tensor, vocab: torch.Tensor | None = None) -> TransformerState:
     """Encode a batch and project every layer's cross-attention keys and values once; with
     `vocab` (sorted target ids), take the output layer's rows for them once."""
-    memory, pad_mask = model.encode(src)
-    rows, S, _ = memory.shape
-    cross_kv, self_kv = [], []
-    for layer in model.decoder_layers:
-        attn = layer.cross_attn
-        heads, d_head = attn.heads, attn.head_dim
-        k, v = attn.kv_proj(memory).view(rows, S, 2, heads, d_head).permute(2, 0, 3, 1, 4)
-        cross_kv += [k.contiguous(), v.contiguous()]
-        self_kv += [memory.new_empty(rows, heads, BLOCK, d_head) for _ in "kv"]
-    state = TransformerState(cross_kv, ~pad_mask[:, None, None, :], self_kv)
+    compiled = model.compiled_decoder
+    out = compiled.source_side(src) if compiled is not None else None
+    cross_kv, may_attend = out if out is not None else source_side(model, src)
+    self_kv = []
+    for layer, kv in zip(model.decoder_layers, cross_kv[::2]):
+        attn = layer.self_attn
+        self_kv += [kv.new_zeros(src.shape[0], attn.heads, BLOCK, attn.head_dim) for _ in "kv"]
+    state = TransformerState(cross_kv, may_attend, self_kv)
     if vocab is not None:
-        state.vocab = vocab.to(memory.device)
+        state.vocab = vocab.to(src.device)
         # The output layer is the target embedding (tied); the embedding's float table, since
         # int8 quantization replaces the output layer's module.
         state.vocab_weight = model.tgt_embed.weight.index_select(0, state.vocab)
@@ -92,13 +88,28 @@ def start(model, src: torch.Tensor, vocab: torch.Tensor | None = None) -> Transf
     return state
 
 
+def source_side(model, src: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Encode a batch: every decoder layer's cross-attention keys and values of it (layer i's
+    keys at 2i, values at 2i + 1, each (sources, heads, S, d_head)), and where a query may
+    attend ((sources, 1, 1, S), False at padding)."""
+    memory, pad_mask = model.encode(src)
+    rows, S, _ = memory.shape
+    cross_kv = []
+    for layer in model.decoder_layers:
+        attn = layer.cross_attn
+        heads, d_head = attn.heads, attn.head_dim
+        k, v = attn.kv_proj(memory).view(rows, S, 2, heads, d_head).permute(2, 0, 3, 1, 4)
+        cross_kv += [k.contiguous(), v.contiguous()]
+    return cross_kv, ~pad_mask[:, None, None, :]
+
+
 def _grow(state: TransformerState, needed: int) -> None:
     capacity = state.self_kv[0].shape[2]
     if needed <= capacity:
         return
     grown = -(-needed // BLOCK) * BLOCK
     for j, kv in enumerate(state.self_kv):
-        bigger = kv.new_empty(kv.shape[0], kv.shape[1], grown, kv.shape[3])
+        bigger = kv.new_zeros(kv.shape[0], kv.shape[1], grown, kv.shape[3])
         bigger[:, :, : state.length] = kv[:, :, : state.length]
         state.self_kv[j] = bigger
 
@@ -115,7 +126,7 @@ def _attend(attn, q, k, v, may_attend):
     return weighted_sum(scores.softmax(dim=-1), v)
 
 
-def _feed_forward(layer, x: torch.Tensor) -> torch.Tensor:
+def feed_forward(layer, x: torch.Tensor) -> torch.Tensor:
     return layer.ff_block.add(x, layer.ff(layer.ff_block.input(x)))
 
 
@@ -123,9 +134,24 @@ def _is_identity(index: torch.Tensor, rows: int) -> bool:
     return index.numel() == rows and bool(index.eq(torch.arange(rows, device=index.device)).all())
 
 
-def _merge(out: torch.Tensor) -> torch.Tensor:
+def merge_heads(out: torch.Tensor) -> torch.Tensor:
     b, h, n, d = out.shape  # (B, H, N, Dh) -> (B, N, H*Dh)
     return out.transpose(1, 2).reshape(b, n, h * d)
+
+
+def next_log_probs(model, state: TransformerState, tokens: torch.Tensor) -> torch.Tensor:
+    """Feed `tokens` (rows, n): the log-probabilities (rows, V) of the token after the last.
+    One new token a row goes through the compiled step, where the model has one."""
+    at, compiled = state.length, model.compiled_decoder
+    if compiled is not None and tokens.shape[1] == 1 and at < model.cfg.max_positions:
+        _grow(state, at + 1)
+        out = compiled.step(tokens, at, state)
+        if out is not None:
+            for kv, one in zip(state.self_kv, out[1]):
+                kv[:, :, at : at + 1] = one
+            state.length += 1
+            return out[0]
+    return log_probs(model, state, step(model, state, tokens)[:, -1])
 
 
 def step(model, state: TransformerState, tokens: torch.Tensor) -> torch.Tensor:
@@ -133,16 +159,7 @@ def step(model, state: TransformerState, tokens: torch.Tensor) -> torch.Tensor:
     positions, each seeing the positions before it; the cache advances by n."""
     at, n = state.length, tokens.shape[1]
     _grow(state, at + n)
-    compiled = model.compiled_decoder
-    # (Past lengths 0 and 1 would each get a graph of their own: torch.compile specialises
-    # sizes 0 and 1.)
-    if compiled is not None and n == 1 and at > 1:
-        past = [kv[:, :, :at] for kv in state.self_kv]
-        x, new = compiled(model, tokens, at, past, state.cross_kv, state.may_attend, state.group)
-        for kv, one in zip(state.self_kv, new):
-            kv[:, :, at : at + 1] = one
-    else:
-        x = decoder(model, tokens, at, state.self_kv, state.cross_kv, state.may_attend, state.group)
+    x = decoder(model, tokens, at, state.self_kv, state.cross_kv, state.may_attend, state.group)
     state.length += n
     return x
 
@@ -174,7 +191,7 @@ def decoder(
         k, v = self_kv[2 * i], self_kv[2 * i + 1]
         k[:, :, at:end], v[:, :, at:end] = qkv[1], qkv[2]
         k, v = k[:, :, :end], v[:, :, :end]
-        out = attn.out_proj(_merge(_attend(attn, qkv[0], k, v, causal)))
+        out = attn.out_proj(merge_heads(_attend(attn, qkv[0], k, v, causal)))
         x = block.add(x, out)
 
         attn = layer.cross_attn
@@ -182,10 +199,10 @@ def decoder(
         h = block.input(x)
         q = attn.q_proj(h).view(rows // group, group * n, heads, d_head).transpose(1, 2)
         out = _attend(attn, q, cross_kv[2 * i], cross_kv[2 * i + 1], may_attend)
-        out = attn.out_proj(_merge(out).view(rows, n, heads * d_head))
+        out = attn.out_proj(merge_heads(out).view(rows, n, heads * d_head))
         x = block.add(x, out)
 
-        x = _feed_forward(layer, x)
+        x = feed_forward(layer, x)
     return model.decoder_norm(x)
 
 
@@ -204,6 +221,7 @@ def reorder(
         for kv in state.self_kv:
             new = kv.new_empty(order.numel(), kv.shape[1], t + 1, kv.shape[3])
             torch.index_select(kv[:, :, :t], 0, order, out=new[:, :, :t])
+            new[:, :, t:].zero_()
             moved.append(new)
         state.self_kv = moved
     if source_order is not None:
@@ -224,75 +242,6 @@ def _reorder_source(state: TransformerState, source: torch.Tensor) -> None:
         return
     state.cross_kv = [kv.index_select(0, source) for kv in state.cross_kv]
     state.may_attend = state.may_attend.index_select(0, source)
-
-
-# -- the compiled step ---------------------------------------------------------------------------
-
-
-def decoder_apart(
-    model,
-    tokens: torch.Tensor,
-    at: int,
-    past_kv: list[torch.Tensor],
-    cross_kv: list[torch.Tensor],
-    may_attend: torch.Tensor,
-    group: int,
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """`decoder` for one new position that leaves the cache alone, for `torch.compile`: a
-    compiled graph that writes into its input copies the whole buffer on every call (320 rows:
-    74 ms a step against 14 eager), so the new key is attended apart from the past ones
-    (`past_kv`: the `at` decoded positions), and the new keys and values are returned for the
-    caller to write. The same sums as `decoder` in another order: equal up to float rounding."""
-    rows = tokens.shape[0]
-    x = model.embed_target(tokens, at)
-    new_kv = []
-    for i, layer in enumerate(model.decoder_layers):
-        attn = layer.self_attn
-        block = layer.self_block
-        h = block.input(x)
-        heads, d_head = attn.heads, attn.head_dim
-        q, k, v = attn.in_proj(h).view(rows, 1, 3, heads, d_head).permute(2, 0, 3, 1, 4)
-        new_kv += [k, v]
-        past_k, past_v = past_kv[2 * i], past_kv[2 * i + 1]
-        # softmax over the past keys and the new one, without joining them
-        past, now = attn.scores(q, past_k), attn.scores(q, k)
-        top = torch.maximum(past.amax(dim=-1, keepdim=True), now)
-        past, now = (past - top).exp(), (now - top).exp()
-        out = (past @ past_v + now * v) / (past.sum(dim=-1, keepdim=True) + now)
-        out = attn.out_proj(_merge(out))
-        x = block.add(x, out)
-
-        attn = layer.cross_attn
-        block = layer.cross_block
-        h = block.input(x)
-        q = attn.q_proj(h).view(rows // group, group, heads, d_head).transpose(1, 2)
-        scores = attn.scores(q, cross_kv[2 * i]).masked_fill(~may_attend, float("-inf"))
-        out = scores.softmax(dim=-1) @ cross_kv[2 * i + 1]  # (no branch on sizes: one graph)
-        out = attn.out_proj(_merge(out).view(rows, 1, heads * d_head))
-        x = block.add(x, out)
-
-        x = _feed_forward(layer, x)
-    return model.decoder_norm(x), new_kv
-
-
-class CompiledDecoder:
-    """`decoder_apart` through `torch.compile` (inductor, dynamic shapes). The first failure
-    to compile or run it warns once and decodes eagerly from then on; nothing is lost, since
-    the call leaves the cache alone and is simply made again."""
-
-    def __init__(self) -> None:
-        self.compiled = torch.compile(decoder_apart, dynamic=True)
-        self.failed = False
-
-    def __call__(self, *args):
-        if not self.failed:
-            try:
-                return self.compiled(*args)
-            except Exception as e:  # noqa: BLE001 - any compiler failure means: go eager
-                self.failed = True
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                log.warning(f"compiling the decoding step failed, decoding eagerly ({first})")
-        return decoder_apart(*args)
 
 
 def log_probs(model, state: TransformerState, states: torch.Tensor) -> torch.Tensor:

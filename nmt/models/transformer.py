@@ -30,6 +30,7 @@ from nmt.models.attention import (
     MultiHeadAttention,
 )
 from nmt.models.base import Dropout, EncoderDecoder
+from nmt.models.compiled import CompiledDecoding
 from nmt.models.incremental import TransformerState
 
 
@@ -149,8 +150,8 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(EncoderDecoder):
-    # The compiled decoding step, once `compile_decoding` is called (nmt.models.incremental).
-    compiled_decoder: incremental.CompiledDecoder | None = None
+    # The compiled decoding functions, once `compile_decoding` is called (nmt.models.compiled).
+    compiled_decoder: CompiledDecoding | None = None
 
     def __init__(self, cfg: ModelConfig, src_vocab: int, tgt_vocab: int, share_all: bool):
         super().__init__()
@@ -260,7 +261,7 @@ class Transformer(EncoderDecoder):
         return incremental.start(self, src, vocab)
 
     def step(self, state: TransformerState, tokens: torch.Tensor) -> torch.Tensor:
-        return incremental.log_probs(self, state, incremental.step(self, state, tokens)[:, -1])
+        return incremental.next_log_probs(self, state, tokens)
 
     def reorder(
         self,
@@ -271,5 +272,5 @@ class Transformer(EncoderDecoder):
         incremental.reorder(state, order, source_order)
 
     def compile_decoding(self) -> bool:
-        self.compiled_decoder = incremental.CompiledDecoder()
+        self.compiled_decoder = CompiledDecoding(self)
         return True
