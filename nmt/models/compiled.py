@@ -44,7 +44,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._pytree import tree_map
 
 from nmt.models import attention, incremental
 
@@ -144,9 +143,26 @@ def cache_dir() -> Path:
     return Path(root) / "compiled"
 
 
-def _contiguous(x):
-    """A library reads every input as contiguous (a search's last tokens are a strided view)."""
-    return x.contiguous() if isinstance(x, torch.Tensor) else x
+class _Library:
+    """A library loaded from its file. Called with its inputs flattened here, each made
+    contiguous (a library reads every input as contiguous; a search's last tokens are a
+    strided view): the loader's own call parsed its inputs' and outputs' structure from text
+    on every call, a fifth of a one-sentence beam step."""
+
+    def __init__(self, path: Path, name: str):
+        self.run = torch._inductor.aoti_load_package(str(path)).loader.boxed_run
+        self.source = name == "source"
+
+    def __call__(self, *args):
+        flat = []
+        for arg in args:
+            for x in arg if isinstance(arg, (list, tuple)) else (arg,):
+                if x is not None:
+                    flat.append(x.contiguous())
+        out = self.run(flat)
+        # source: the layers' keys and values, then the mask; a step: log-probs, then the new
+        # keys and values
+        return (out[:-1], out[-1]) if self.source else (out[0], out[1:])
 
 
 class CompiledDecoding:
@@ -181,7 +197,7 @@ class CompiledDecoding:
             graph = self._graphs.get((name, group))
             if graph is None:
                 graph = self._graphs[name, group] = self._build(name, group)
-            return graph(*tree_map(_contiguous, args))
+            return graph(*args)
         except Exception as e:  # noqa: BLE001 - any compiler failure means: go eager
             self.failed = True
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -198,7 +214,7 @@ class CompiledDecoding:
         path = cache_dir() / f"{name}-{group}-{self._key(name, group)}.pt2"
         if not path.exists():
             self._compile(name, group, path)
-        return torch._inductor.aoti_load_package(str(path))
+        return _Library(path, name)
 
     def _compile(self, name: str, group: int, path: Path) -> None:
         log.info(
