@@ -284,6 +284,11 @@ def test_compile_option_translates_as_the_eager_steps_do(trained_run, tmp_path):
     assert compiled.stdout == eager.stdout
 
 
+def test_compile_with_int8_is_refused(trained_run):
+    args = ("translate", str(trained_run), "--compile", "--quantize", "int8")
+    assert_user_error(nmt(*args, input="A dog.\n"), "--compile", "--quantize int8")
+
+
 def test_compile_is_refused_where_there_is_no_compiled_step():
     from nmt.config import ModelConfig
     from nmt.models.builder import build_model

@@ -100,3 +100,23 @@ def test_a_compiler_that_fails_warns_once_and_decoding_goes_on_eagerly(caplog, m
     assert warnings == ["compiling the decoding step failed, decoding eagerly (no compiler here)"]
     assert model.compiled_decoder.failed
     torch.testing.assert_close(fallback, eager, atol=0, rtol=0)
+
+
+def test_batches_larger_than_the_libraries_are_tuned_for_decode_eagerly(monkeypatch):
+    model = make_model("multihead", "pre", seed=6)
+
+    def no_compiler(*args):
+        raise AssertionError("a large batch went to the compiler")
+
+    monkeypatch.setattr(compiled.CompiledDecoding, "_build", no_compiler)
+    model.compile_decoding()
+    limit = compiled.CompiledDecoding.STEP_ROWS
+    sentences = random_batch([4] * (compiled.CompiledDecoding.SOURCE_TOKENS // 4 + 1))
+    tgt = target_in(limit + 1, 3)
+    with torch.no_grad():
+        state = model.start(sentences)
+        rows = torch.arange(limit + 1) % sentences.shape[0]
+        model.reorder(state, rows, rows)
+        for t in range(3):
+            model.step(state, tgt[:, t : t + 1])
+    assert not model.compiled_decoder.failed

@@ -97,6 +97,11 @@ class Translator:
             raise NmtError(
                 f"unknown quantization '{quantize}'; choose from {', '.join(QUANTIZE_CHOICES)}"
             )
+        if compile and quantize == "int8":
+            raise NmtError(
+                "--compile and --quantize int8 do not go together: the compiled step is the "
+                "float model's; choose one"
+            )
         first = path if isinstance(path, (str, Path)) else next(iter(path), None)
         if first is not None and ct2.is_export(first):
             if compile or shortlist:

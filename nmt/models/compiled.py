@@ -167,7 +167,15 @@ class _Library:
 
 class CompiledDecoding:
     """`source_side` and `decoder_step` of one model, compiled at their first call (per
-    `group` for the step) and run from then on; eager after any failure."""
+    `group` for the step) and run from then on; eager after any failure, and for batches
+    larger than the libraries were tuned for."""
+
+    # The libraries' matrix products are chosen (max-autotune) on a few rows, so above these
+    # sizes the eager functions are faster (the recipe's model, one thread, eager / compiled:
+    # a step 1.29x at 80 rows, 0.92x at 320, beam 5; encoding 1.22x at 128 source tokens,
+    # 0.93x at 256): they decode larger batches (docs/experiments/decoding.md).
+    STEP_ROWS = 128
+    SOURCE_TOKENS = 192
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -176,12 +184,16 @@ class CompiledDecoding:
         self._weights_key: str | None = None
 
     def source_side(self, src: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor] | None:
+        if src.numel() > self.SOURCE_TOKENS:
+            return None
         return self._run("source", 1, (src,))
 
     def step(
         self, tokens: torch.Tensor, at: int, state: incremental.TransformerState
     ) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
         """`decoder_step` on a search's state; a shortlist is a library of its own."""
+        if tokens.shape[0] > self.STEP_ROWS:
+            return None
         at = torch.tensor([at], device=tokens.device)
         args = (tokens, at, state.self_kv, state.cross_kv, state.may_attend)
         if state.vocab is None:
