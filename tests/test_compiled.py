@@ -43,8 +43,10 @@ def test_compiled_steps_equal_the_eager_steps_and_the_full_forward(caplog):
         steps, _ = _steps(model, sentences, tgt)
         short, _ = _steps(model, sentences, tgt, VOCAB_LIST)
     assert not model.compiled_decoder.failed
-    built = sorted(p.name.split("-")[0:2] for p in compiled.cache_dir().glob("*.pt2"))
-    assert ["source", "1"] in built and ["step", "3"] in built
+    # the files a new process would look for (compiling must not change what the key reads)
+    for name, group in (("source", 1), ("step", 3), ("step-shortlist", 3)):
+        key = compiled.CompiledDecoding(model)._key(name, group)
+        assert (compiled.cache_dir() / f"{name}-{group}-{key}.pt2").exists()
     assert sum("compiling the decoding step" in r.message for r in caplog.records) >= 3
     torch.testing.assert_close(steps, eager, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(

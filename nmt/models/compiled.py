@@ -242,7 +242,11 @@ class CompiledDecoding:
         part = path.with_name(f".{path.stem}.{os.getpid()}.pt2")
         try:
             torch._inductor.aoti_compile_and_package(
-                program, package_path=str(part), inductor_configs=AHEAD_OF_TIME
+                # a copy: the compiler adds its own settings to the dict it is given, which
+                # changed the key of every library built after the first
+                program,
+                package_path=str(part),
+                inductor_configs=dict(AHEAD_OF_TIME),
             )
             os.replace(part, path)  # whole or not at all, for other processes
         finally:
