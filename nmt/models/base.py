@@ -19,8 +19,8 @@ search never asks which architecture it decodes.
                                                 values of the source) by `source_order`, or left
                                                 in place when None
     cross_attention(src, tgt_in) -> (B, T, S)   attention over the source per target position
-    compile_decoding() -> bool                  steps through torch.compile from now on, if
-                                                the architecture has a compiled step
+    compile_decoding() -> bool                  start and steps compiled from now on, if the
+                                                architecture has a compiled step
     max_source_length, max_output_length        the longest input and output the model allows
 """
 
@@ -102,7 +102,7 @@ class EncoderDecoder(nn.Module):
         raise NotImplementedError
 
     def compile_decoding(self) -> bool:
-        """Take the search's steps through `torch.compile` from now on, where the architecture
+        """Run the search's start and steps compiled from now on, where the architecture
         has a compiled step; False where it has none (and nothing changes)."""
         return False
 
