@@ -170,8 +170,8 @@ class CompiledDecoding:
     `group` for the step) and run from then on; eager after any failure, and for batches
     larger than the libraries were tuned for."""
 
-    # The libraries' matrix products are chosen (max-autotune) on a few rows, so above these
-    # sizes the eager functions are faster (the recipe's model, one thread, eager / compiled:
+    # The CPU libraries' matrix products are chosen (max-autotune) on a few rows, so above
+    # these sizes the eager functions are faster (the recipe's model, one thread, eager / compiled:
     # a step 1.29x at 80 rows, 0.92x at 320, beam 5; encoding 1.22x at 128 source tokens,
     # 0.93x at 256): they decode larger batches (docs/experiments/decoding.md).
     STEP_ROWS = 128
@@ -184,7 +184,7 @@ class CompiledDecoding:
         self._weights_key: str | None = None
 
     def source_side(self, src: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor] | None:
-        if src.numel() > self.SOURCE_TOKENS:
+        if src.device.type == "cpu" and src.numel() > self.SOURCE_TOKENS:
             return None
         return self._run("source", 1, (src,))
 
@@ -192,7 +192,7 @@ class CompiledDecoding:
         self, tokens: torch.Tensor, at: int, state: incremental.TransformerState
     ) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
         """`decoder_step` on a search's state; a shortlist is a library of its own."""
-        if tokens.shape[0] > self.STEP_ROWS:
+        if tokens.device.type == "cpu" and tokens.shape[0] > self.STEP_ROWS:
             return None
         at = torch.tensor([at], device=tokens.device)
         args = (tokens, at, state.self_kv, state.cross_kv, state.may_attend)
@@ -231,7 +231,7 @@ class CompiledDecoding:
     def _compile(self, name: str, group: int, path: Path) -> None:
         log.info(
             f"compiling the decoding step ({name}{'' if name == 'source' else f', {group} a sentence'}"
-            f"): about a minute, once; kept in {path.parent}"
+            f"): 30-60 s on a small CPU, once; kept in {path.parent}"
         )
         args, shapes = self._example(name, group)
         with torch.no_grad():
@@ -269,7 +269,8 @@ class CompiledDecoding:
         layer = model.decoder_layers[0].self_attn
         capacity = Dim("capacity", min=1, max=limit + incremental.BLOCK)
         self_kv = [
-            torch.zeros(2 * group, layer.heads, incremental.BLOCK, layer.head_dim) for _ in cross_kv
+            cross_kv[0].new_zeros(2 * group, layer.heads, incremental.BLOCK, layer.head_dim)
+            for _ in cross_kv
         ]
         tokens = torch.full((2 * group, 1), 4, dtype=torch.long)
         args = (tokens, torch.tensor([3]), self_kv, cross_kv, may_attend)
