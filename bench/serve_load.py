@@ -4,7 +4,9 @@ with offline translation of the same lines.
     python bench/serve_load.py runs/multi30k_en_de -i data/multi30k/test_2016_flickr.en \\
         --clients 1,8,32 --modes batching,no-batching
 
-Offline is `Translator.translate` over all the lines (what `nmt translate` runs: length-sorted
+Modes: `batching` (the default server), `no-batching` (`--no-batching`), `compile` (batching and
+`--compile`; the server builds or loads its libraries before it answers). Offline is
+`Translator.translate` over all the lines (what `nmt translate` runs: length-sorted
 batches of decode.batch_tokens), timed after loading; its passes alternate with the served ones. Each mode then starts its own server
 (`python -m nmt serve`, same device and threads), warms it up, and for each client count
 sends every line once: each client posts `--lines-per-request` lines and waits for the answer
@@ -197,6 +199,8 @@ def _server(args: argparse.Namespace, mode: str, log: Path) -> Iterator[int]:
     command += ["--max-lines", str(max(256, args.lines_per_request))]
     if mode == "no-batching":
         command.append("--no-batching")
+    if mode == "compile":
+        command.append("--compile")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
@@ -256,7 +260,9 @@ def main() -> None:
     parser.add_argument("-i", "--input", default=str(ROOT / "data/multi30k/test_2016_flickr.en"))
     parser.add_argument("--limit", type=int, default=0, help="only the first N lines (0: all)")
     parser.add_argument("--clients", default="1,8,32", help="comma-separated client counts")
-    parser.add_argument("--modes", default="batching,no-batching", help="batching, no-batching")
+    parser.add_argument(
+        "--modes", default="batching,no-batching", help="batching, no-batching, compile"
+    )
     parser.add_argument("--lines-per-request", type=int, default=1)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--repeats", type=int, default=1, help="passes per figure (median)")
@@ -272,8 +278,8 @@ def main() -> None:
         return
     clients = [int(c) for c in args.clients.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
-    if any(m not in ("batching", "no-batching") for m in modes):
-        sys.exit("--modes takes batching and/or no-batching")
+    if any(m not in ("batching", "no-batching", "compile") for m in modes):
+        sys.exit("--modes takes batching, no-batching and/or compile")
 
     offline = _Offline(args, lines)
     served: dict[tuple[str, int], list[dict]] = {}
