@@ -918,3 +918,32 @@ def test_compiled_models_warm_up_before_serving(monkeypatch, trained_run):
     assert calls == []
     app_module.load_models([trained_run], device="cpu", compile=True)
     assert [len(lines) for compiled, lines in calls] == [1, 2] and all(c for c, _ in calls)
+
+
+def test_the_listening_socket_gets_connections_without_nagles_delay():
+    """asyncio turns Nagle's algorithm off only on sockets that say TCP; without it an answer
+    written in two parts waited for the client's delayed ACK (44 ms a request)."""
+    import nmt.serving.app as app_module
+
+    listener = app_module._bind("127.0.0.1", 0)
+    nodelay: list[int] = []
+
+    async def main() -> None:
+        async def accepted(reader, writer) -> None:
+            sock = writer.get_extra_info("socket")
+            nodelay.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(accepted, sock=listener)
+        port = listener.getsockname()[1]
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 10)
+        for _ in range(100):
+            if nodelay:
+                break
+            await asyncio.sleep(0.05)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())
+    assert nodelay and nodelay[0] != 0
