@@ -20,10 +20,9 @@ A library accepts any number of sentences, source length and cache capacity, but
 layout: it was built for contiguous inputs and would read a strided view wrongly (it does not
 check), so every input is made contiguous first. The cache is not sliced for it: the step reads
 the cache's whole buffers and takes the number of positions decoded as a tensor, masking the
-positions from it on; the cache keeps those
-positions zero (nmt.models.incremental), since a masked weight of 0 times garbage could be
-NaN. The hypotheses per sentence (`group`: 1 for greedy search, K for beam search) are fixed
-per library.
+positions from it on; the cache keeps those positions zero (nmt.models.incremental), since a
+masked weight of 0 times garbage could be NaN. The hypotheses per sentence (`group`: 1 for
+greedy search, K for beam search) are fixed per library.
 
 Any failure to compile or run warns once, and from then on `CompiledDecoding` returns None,
 for the caller's eager functions; nothing is lost, since neither library writes into its
@@ -67,9 +66,8 @@ def decoder_step(
     so far), `self_kv` the cache's whole buffers (rows, heads, capacity, d_head), zero from
     `at` on; `vocab`, `vocab_weight`, `vocab_bias` a shortlist (TransformerState). Returns the
     next token's log-probabilities (rows, V) and the new position's keys and values, for the
-    caller to write:
-    a compiled graph that writes into its input copied the whole buffer on every call (320
-    rows: 74 ms a step against 14 eager). The new key is attended apart from the past ones,
+    caller to write: a compiled graph that writes into its input copied the whole buffer on
+    every call (320 rows: 74 ms a step against 14 eager). The new key is attended apart from the past ones,
     which are masked from `at` on; the same sums as `incremental.decoder` in another order,
     equal up to float rounding."""
     rows = tokens.shape[0]
@@ -103,11 +101,12 @@ def decoder_step(
 
         x = incremental.feed_forward(layer, x)
     x = model.decoder_norm(x)[:, 0]
-    if vocab is None:
-        return F.log_softmax(model.project(x).float(), dim=-1), new_kv
-    lp = F.log_softmax(F.linear(x, vocab_weight, vocab_bias).float(), dim=-1)
-    full = lp.new_full((rows, model.output_projection.out_features), float("-inf"))
-    return full.index_copy(1, vocab, lp), new_kv
+    lp = incremental.vocabulary_log_probs(model, x, vocab, vocab_weight, vocab_bias, _log_softmax)
+    return lp, new_kv
+
+
+def _log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    return F.log_softmax(logits.float(), dim=-1)
 
 
 class _Source(nn.Module):

@@ -247,8 +247,21 @@ def _reorder_source(state: TransformerState, source: torch.Tensor) -> None:
 def log_probs(model, state: TransformerState, states: torch.Tensor) -> torch.Tensor:
     """Decoder output states (rows, d_model) -> next-token log-probabilities (rows, V); with a
     shortlist, projected onto its tokens only and renormalised over them (-inf elsewhere)."""
-    if state.vocab is None:
-        return next_token_log_probs(model.project(states))
-    logits = F.linear(states, state.vocab_weight, state.vocab_bias)
+    return vocabulary_log_probs(model, states, state.vocab, state.vocab_weight, state.vocab_bias)
+
+
+def vocabulary_log_probs(
+    model,
+    states: torch.Tensor,
+    vocab: torch.Tensor | None,
+    vocab_weight: torch.Tensor | None,
+    vocab_bias: torch.Tensor | None,
+    log_softmax=next_token_log_probs,
+) -> torch.Tensor:
+    """`log_probs` from the shortlist's parts (TransformerState), with `log_softmax` (the
+    compiled step passes a functional one: `next_token_log_probs` writes into its input)."""
+    if vocab is None:
+        return log_softmax(model.project(states))
+    logits = F.linear(states, vocab_weight, vocab_bias)
     full = logits.new_full((states.shape[0], model.output_projection.out_features), -math.inf)
-    return full.index_copy_(1, state.vocab, next_token_log_probs(logits).to(full.dtype))
+    return full.index_copy_(1, vocab, log_softmax(logits).to(full.dtype))
