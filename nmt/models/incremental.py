@@ -50,10 +50,10 @@ class TransformerState:
     # Layer i's keys at 2i, its values at 2i + 1: the source's (rows, heads, S, d_head) and
     # the decoded positions' (rows, heads, capacity, d_head), zero from `length` on (the
     # compiled step reads whole buffers, masking those positions: weights of 0 times
-    # uninitialised memory could be NaN). Tensors of their own with rows
-    # first, not one stacked tensor: a reorder is then a fast `index_select` along the first
-    # dimension (along an inner one it took 10x as long), and an allocation of each stays
-    # below the size where every new one costs page faults.
+    # uninitialised memory could be NaN). Tensors of their own with rows first, not one
+    # stacked tensor: a reorder is then a fast `index_select` along the first dimension (along
+    # an inner one it took 10x as long), and an allocation of each stays below the size where
+    # every new one costs page faults.
     cross_kv: list[torch.Tensor]
     may_attend: torch.Tensor  # (sources, 1, 1, S), False at source padding
     self_kv: list[torch.Tensor]
